@@ -1,0 +1,215 @@
+"""The tag database: one embedded SQLite file of tags, aliases, translations, descriptions and the
+pack's own categories with their provenance.
+
+Tag names are stored canonical: lower case, spaces as underscores (``school_uniform``). Danbooru
+categories: 0 general, 1 artist, 3 copyright, 4 character, 5 meta; the wd taggers add 9 rating.
+The pack's categories (``main_category``/``sub_category``) are filled by the LLM categorizer, with
+``category_source`` telling who set them (``llm:<model>``, ``neighbors``, ``human``), the prompt
+version and the time, so a run can resume and never re-ask for a tag already answered.
+
+``changed_at`` moves whenever anything the search index embeds changes (name, aliases,
+translations, description, categories), so the index rebuilds only those tags.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tagloom import config
+
+DANBOORU_CATEGORIES = {0: "general", 1: "artist", 3: "copyright", 4: "character", 5: "meta", 9: "rating"}
+CATEGORY_IDS = {v: k for k, v in DANBOORU_CATEGORIES.items()}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tags (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    category INTEGER,
+    post_count INTEGER NOT NULL DEFAULT 0,
+    description TEXT,
+    main_category TEXT,
+    sub_category TEXT,
+    category_confidence REAL,
+    category_source TEXT,
+    category_prompt_version TEXT,
+    category_updated_at REAL,
+    changed_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tags_post_count ON tags(post_count DESC);
+CREATE INDEX IF NOT EXISTS tags_changed_at ON tags(changed_at);
+CREATE TABLE IF NOT EXISTS aliases (
+    alias TEXT PRIMARY KEY,
+    tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS aliases_tag ON aliases(tag_id);
+CREATE TABLE IF NOT EXISTS translations (
+    tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE,
+    lang TEXT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (tag_id, lang, text)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def canonical(name: str) -> str:
+    """``School Uniform`` -> ``school_uniform``. Kaomoji and punctuation are kept as they are."""
+    return name.strip().lower().replace(" ", "_")
+
+
+def default_path() -> Path:
+    return config.data_dir() / "tags.sqlite"
+
+
+class TagDB:
+    """A connection to the tag database. Safe to share between threads (one lock per database)."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self.conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- writing -------------------------------------------------------------------------------
+    def upsert_tags(self, rows: Iterable[dict]) -> int:
+        """Insert or update tags from dicts with ``name`` and any of ``category``, ``post_count``,
+        ``description``. Fields that are None leave the stored value alone. Returns rows written."""
+        now = time.time()
+        n = 0
+        with self._lock, self.conn:
+            for row in rows:
+                name = canonical(row["name"])
+                self.conn.execute(
+                    """INSERT INTO tags(name, category, post_count, description, changed_at)
+                       VALUES (?, ?, COALESCE(?, 0), ?, ?)
+                       ON CONFLICT(name) DO UPDATE SET
+                         category = COALESCE(excluded.category, tags.category),
+                         post_count = CASE WHEN ? IS NULL THEN tags.post_count ELSE excluded.post_count END,
+                         description = COALESCE(excluded.description, tags.description),
+                         changed_at = CASE WHEN tags.category IS NOT COALESCE(excluded.category, tags.category)
+                                             OR tags.description IS NOT COALESCE(excluded.description, tags.description)
+                                           THEN excluded.changed_at ELSE tags.changed_at END""",
+                    (name, row.get("category"), row.get("post_count"), row.get("description"), now, row.get("post_count")),
+                )
+                n += 1
+        return n
+
+    def add_aliases(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """(alias, tag) pairs; tags that do not exist are created with no category."""
+        now = time.time()
+        n = 0
+        with self._lock, self.conn:
+            for alias, tag in pairs:
+                tag_id = self._ensure(canonical(tag), now)
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO aliases(alias, tag_id) VALUES (?, ?)", (canonical(alias), tag_id)
+                )
+                if cur.rowcount:
+                    self.conn.execute("UPDATE tags SET changed_at=? WHERE id=?", (now, tag_id))
+                    n += 1
+        return n
+
+    def add_translations(self, rows: Iterable[tuple[str, str, str]]) -> int:
+        """(tag, lang, text) triples; tags that do not exist are created with no category."""
+        now = time.time()
+        n = 0
+        with self._lock, self.conn:
+            for tag, lang, text in rows:
+                text = text.strip()
+                if not text:
+                    continue
+                tag_id = self._ensure(canonical(tag), now)
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO translations(tag_id, lang, text) VALUES (?, ?, ?)", (tag_id, lang, text)
+                )
+                if cur.rowcount:
+                    self.conn.execute("UPDATE tags SET changed_at=? WHERE id=?", (now, tag_id))
+                    n += 1
+        return n
+
+    def set_description(self, name: str, description: str) -> None:
+        with self._lock, self.conn:
+            self.conn.execute(
+                "UPDATE tags SET description=?, changed_at=? WHERE name=?", (description, time.time(), canonical(name))
+            )
+
+    def set_pack_category(
+        self,
+        name: str,
+        main_category: str,
+        sub_category: str | None,
+        confidence: float | None,
+        source: str,
+        prompt_version: str | None = None,
+    ) -> None:
+        now = time.time()
+        with self._lock, self.conn:
+            self.conn.execute(
+                """UPDATE tags SET main_category=?, sub_category=?, category_confidence=?, category_source=?,
+                   category_prompt_version=?, category_updated_at=?, changed_at=? WHERE name=?""",
+                (main_category, sub_category, confidence, source, prompt_version, now, now, canonical(name)),
+            )
+
+    def _ensure(self, name: str, now: float) -> int:
+        row = self.conn.execute("SELECT id FROM tags WHERE name=?", (name,)).fetchone()
+        if row:
+            return row[0]
+        return self.conn.execute("INSERT INTO tags(name, changed_at) VALUES (?, ?)", (name, now)).lastrowid
+
+    # --- reading -------------------------------------------------------------------------------
+    def count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM tags").fetchone()[0]
+
+    def get(self, name: str) -> dict | None:
+        """A tag with its aliases and translations, by name or alias."""
+        key = canonical(name)
+        with self._lock:
+            row = self.conn.execute("SELECT * FROM tags WHERE name=?", (key,)).fetchone()
+            if row is None:
+                row = self.conn.execute(
+                    "SELECT tags.* FROM aliases JOIN tags ON tags.id = aliases.tag_id WHERE alias=?", (key,)
+                ).fetchone()
+            return self._full(row) if row else None
+
+    def iter_tags(self, where: str = "", params: tuple = (), order: str = "post_count DESC") -> Iterator[dict]:
+        """Every tag (optionally filtered by a SQL condition on ``tags``) with aliases and translations."""
+        sql = "SELECT * FROM tags" + (f" WHERE {where}" if where else "") + f" ORDER BY {order}"
+        with self._lock:
+            rows = self.conn.execute(sql, params).fetchall()
+            aliases: dict[int, list[str]] = {}
+            for tag_id, alias in self.conn.execute("SELECT tag_id, alias FROM aliases"):
+                aliases.setdefault(tag_id, []).append(alias)
+            translations: dict[int, dict[str, list[str]]] = {}
+            for tag_id, lang, text in self.conn.execute("SELECT tag_id, lang, text FROM translations"):
+                translations.setdefault(tag_id, {}).setdefault(lang, []).append(text)
+        for row in rows:
+            d = dict(row)
+            d["aliases"] = sorted(aliases.get(d["id"], []))
+            d["translations"] = translations.get(d["id"], {})
+            yield d
+
+    def _full(self, row: sqlite3.Row) -> dict:
+        d = dict(row)
+        d["aliases"] = [r[0] for r in self.conn.execute("SELECT alias FROM aliases WHERE tag_id=? ORDER BY alias", (d["id"],))]
+        d["translations"] = {}
+        for lang, text in self.conn.execute("SELECT lang, text FROM translations WHERE tag_id=?", (d["id"],)):
+            d["translations"].setdefault(lang, []).append(text)
+        return d
