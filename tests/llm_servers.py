@@ -100,6 +100,7 @@ class FakeOllama(_ThreadServer):
         self.skip: set[str] = set()
         self.reject_schema_format = False
         self.generate_calls: list[dict] = []
+        self.idea_tags = ["red_hair", "temple"]
 
     def app(self):
         app = web.Application()
@@ -130,7 +131,7 @@ class FakeOllama(_ThreadServer):
         if isinstance(fmt, dict) and keys:
             item_props = fmt["properties"][keys[0]].get("properties", {})
         if "tags" in keys and not item_props and isinstance(fmt, dict):
-            answer = {"tags": ["red_hair", "temple"]}
+            answer = {"tags": list(self.idea_tags)}
         elif "description" in item_props:
             answer = {k: {"description": f"an image showing {k.replace('_', ' ')}", "zh": "中文" + k[:2]} for k in keys if k not in self.skip}
         else:
