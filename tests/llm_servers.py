@@ -157,6 +157,9 @@ class FaultProxy(_ThreadServer):
         self.faults: list = []
         self.log: list[dict] = []  # {"tags": [...], "fault": ..., "delivered": [...]}
         self.api_keys_seen: set[str] = set()
+        self.hold_after: int | None = None  # hold requests once this many answers were delivered
+        self.holding = 0
+        self.release = False
 
     def app(self):
         app = web.Application()
@@ -185,6 +188,16 @@ class FaultProxy(_ThreadServer):
         fault = self.faults.pop(0) if self.faults and request.path.endswith("/chat/completions") else None
         entry["fault"] = fault
         self.log.append(entry)
+        if request.path.endswith("/chat/completions") and self.hold_after is not None:
+            delivered_batches = sum(1 for e in self.log if e["delivered"])
+            if delivered_batches >= self.hold_after:
+                entry["held"] = True
+                self.holding += 1
+                while not self.release:
+                    await asyncio.sleep(0.05)
+                # the client may be gone (killed while waiting): nothing is delivered then
+                if request.transport is None or request.transport.is_closing():
+                    return web.Response(status=499)
         if fault in (429, 500, 503):
             return web.json_response({"error": {"message": f"injected {fault}"}}, status=fault, headers={"retry-after": "0"} if fault == 429 else None)
         if fault == "drop":
@@ -206,6 +219,7 @@ class FaultProxy(_ThreadServer):
         if status == 200 and entry["tags"]:
             try:
                 content = json.loads(json.loads(data)["choices"][0]["message"]["content"])
+                entry["content"] = content if isinstance(content, dict) else {}
                 entry["delivered"] = [k for k in content if k in entry["tags"]] if isinstance(content, dict) else []
             except Exception:
                 entry["delivered"] = []
