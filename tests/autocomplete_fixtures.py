@@ -65,7 +65,10 @@ class Server:
         for prefix, folder in self.static.items():
             app.router.add_static(prefix, str(folder))
         for path, html in self.pages.items():
-            app.router.add_get(path, lambda _req, html=html: web.Response(text=html, content_type="text/html"))
+            async def page(_request, html=html):
+                return web.Response(text=html, content_type="text/html")
+
+            app.router.add_get(path, page)
         return app
 
     def _run(self):
