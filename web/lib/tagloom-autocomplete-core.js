@@ -199,6 +199,7 @@ export class TagAutocomplete {
     this.cache = new Map();
     this.warned = new Set();
     this.suppressInput = false;
+    this.warmed = false;
   }
 
   settings() {
@@ -217,6 +218,14 @@ export class TagAutocomplete {
   attach(ta) {
     if (!ta || this.attached.has(ta)) return false;
     this.attached.add(ta);
+    if (!this.warmed) {
+      // the server loads its tag index on the first query (a second or two for 140k tags): start
+      // that when the user first enters a prompt box, not when they type the first letter
+      this.warmed = true;
+      Promise.resolve()
+        .then(() => this.fetchSuggestions("a", { limit: 1, semantic: false, signal: undefined }))
+        .catch(() => {});
+    }
     ta.addEventListener("input", () => this.onInput(ta));
     // capture, so that Tab/Enter/Escape are ours before the host's own key handlers see them
     ta.addEventListener("keydown", (e) => this.onKeyDown(ta, e), true);
