@@ -21,15 +21,19 @@ import numpy as np
 from tagloom.search.classic import ALIAS, KIND_REASON, NAME, ClassicIndex
 from tagloom.tags.db import DANBOORU_CATEGORIES, TagDB, default_path
 
-# Fusion weights (reciprocal-rank style). Classic hits dominate while the user types a real prefix;
-# semantic hits fill in and win when nothing matches literally ("two ponytails", "双马尾").
+# Fusion. A literal completion (the name or an alias starts with what was typed) is what the user is
+# most likely typing, so each classic reason adds a base that keeps those hits above semantic-only
+# ones, plus a reciprocal-rank term that keeps them in post-count order. Semantic channels add
+# reciprocal-rank terms (RRF) — dense, sparse lexical, ColBERT — scaled down for tags that already
+# matched literally, and a log-popularity prior breaks near-ties toward tags people actually use.
 RRF_K = 10.0
-W_CLASSIC = {"exact": 3.0, "prefix": 1.6, "alias": 1.5, "word": 0.8, "fuzzy": 0.7}
+CLASSIC_BASE = {"exact": 4.0, "prefix": 2.5, "alias": 2.5, "word": 1.2, "fuzzy": 1.0}
+CLASSIC_RANK = 0.5
 W_DENSE = 1.0
 W_SPARSE = 0.5
 W_COLBERT = 0.7
-W_POP = 0.08
-
+SEMANTIC_ON_LITERAL = 0.25
+W_POP = 0.15
 
 class Engine:
     def __init__(self, db_path: str | Path | None = None):
@@ -153,8 +157,7 @@ class Engine:
         scores: dict[int, float] = {}
         reason_of: dict[int, tuple[str, str | None]] = {}
         for rank, (t, reason, alias) in enumerate(classic):
-            w = W_CLASSIC["exact" if reason == "exact" else reason]
-            scores[t] = scores.get(t, 0.0) + w / (RRF_K + rank) * RRF_K
+            scores[t] = CLASSIC_BASE[reason] + CLASSIC_RANK * RRF_K / (RRF_K + rank)
             reason_of[t] = (reason, alias)
         found = sem.search(query, k=max(50, limit * 5))
         for channel, weight in (("dense", W_DENSE), ("sparse", W_SPARSE), ("colbert", W_COLBERT)):
@@ -162,7 +165,8 @@ class Engine:
                 row = self.row_of.get(int(tag_id))
                 if row is None:
                     continue
-                scores[row] = scores.get(row, 0.0) + weight / (RRF_K + rank) * RRF_K
+                w = weight * (SEMANTIC_ON_LITERAL if row in reason_of and reason_of[row][0] != "semantic" else 1.0)
+                scores[row] = scores.get(row, 0.0) + w * RRF_K / (RRF_K + rank)
                 reason_of.setdefault(row, ("semantic", None))
         for row in scores:
             scores[row] += W_POP * self._pop(row)
