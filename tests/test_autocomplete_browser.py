@@ -219,3 +219,11 @@ def test_webui_adapter_module_loads_the_shared_core(page, site):
     _items(page)
     page.keyboard.press("Tab")
     assert ta.input_value() == "masterpiece, twintails, school_uniform, "
+
+
+def test_sentence_prompt_completes_its_last_words(page, site):
+    ta = _core(page, site)
+    page.keyboard.type("a smiling girl with long ha", delay=20)
+    assert _items(page)[0].startswith("long hair")
+    page.keyboard.press("Tab")
+    assert ta.input_value() == "a smiling girl with long hair, "

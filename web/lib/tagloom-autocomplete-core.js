@@ -67,8 +67,22 @@ export function currentToken(text, caret) {
   // the rest of the word after the caret (the user went back into a tag) is replaced too
   let end = caret;
   while (end < text.length && !/[\s,()[\]{}<>|:\\]/.test(text[end])) end++;
-  const query = raw.replace(/\\(.)/g, "$1").trim();
-  return query ? { start, end, query, raw } : null;
+  const query = unescape(raw);
+  if (!query) return null;
+  // Prompts written as sentences have no commas: "a girl with long ha". When the whole phrase
+  // matches nothing, its last words are tried ("with long ha", "long ha", "ha"), longest first.
+  const tails = [];
+  const re = /\s+/g;
+  let m;
+  while ((m = re.exec(raw)) !== null) {
+    const at = m.index + m[0].length;
+    if (at < raw.length) tails.push({ start: start + at, query: unescape(raw.slice(at)) });
+  }
+  return { start, end, query, raw, tails: tails.slice(-3) };
+}
+
+function unescape(text) {
+  return text.replace(/\\(.)/g, "$1").trim();
 }
 
 /** A tag as it goes into the prompt: `long_hair` -> `long hair`, `(` -> `\(` (by setting). */
@@ -200,6 +214,7 @@ export class TagAutocomplete {
     this.warned = new Set();
     this.suppressInput = false;
     this.warmed = false;
+    this.tail = -1;
   }
 
   settings() {
@@ -226,7 +241,8 @@ export class TagAutocomplete {
         .then(() => this.fetchSuggestions("a", { limit: 1, semantic: false, signal: undefined }))
         .catch(() => {});
     }
-    ta.addEventListener("input", () => this.onInput(ta));
+    ta.addEventListener("input", (e) => !e.isComposing && this.onInput(ta));
+    ta.addEventListener("compositionend", () => this.onInput(ta)); // IME input (中文, 日本語) is done
     // capture, so that Tab/Enter/Escape are ours before the host's own key handlers see them
     ta.addEventListener("keydown", (e) => this.onKeyDown(ta, e), true);
     ta.addEventListener("blur", () => setTimeout(() => this.target === ta && this.doc.activeElement !== ta && this.hide(), 150));
@@ -243,30 +259,41 @@ export class TagAutocomplete {
     if (!s.enabled || ta.selectionStart !== ta.selectionEnd) return this.hide();
     const token = currentToken(ta.value, ta.selectionStart);
     if (!token || token.query.length < s.minChars) return this.hide();
-    this.timer = setTimeout(() => this.lookup(ta, token.query, s), s.debounceMs);
+    this.timer = setTimeout(() => this.lookup(ta, token, s), s.debounceMs);
   }
 
-  async lookup(ta, query, s) {
-    const seq = ++this.seq;
-    if (this.abort) this.abort.abort();
+  async fetchCached(query, s, seq) {
     const key = `${s.semantic ? 1 : 0}|${s.maxResults}|${query}`;
     let answer = this.cache.get(key);
-    if (!answer) {
-      const abort = (this.abort = typeof AbortController === "function" ? new AbortController() : null);
-      try {
-        answer = await this.fetchSuggestions(query, { limit: s.maxResults, semantic: s.semantic, signal: abort && abort.signal });
-      } catch (e) {
-        if (seq === this.seq) this.hide();
-        return; // a dead or slow server must never get in the way of typing
+    if (answer) return answer;
+    if (this.abort) this.abort.abort();
+    const abort = (this.abort = typeof AbortController === "function" ? new AbortController() : null);
+    answer = await this.fetchSuggestions(query, { limit: s.maxResults, semantic: s.semantic, signal: abort && abort.signal });
+    if (!answer || !Array.isArray(answer.suggestions)) throw new Error("bad answer");
+    this.cache.set(key, answer);
+    if (this.cache.size > 200) this.cache.delete(this.cache.keys().next().value);
+    return answer;
+  }
+
+  async lookup(ta, token, s) {
+    const seq = ++this.seq;
+    let answer;
+    let tail = -1; // which of token.tails answered (-1: the whole word)
+    try {
+      answer = await this.fetchCached(token.query, s, seq);
+      while (!answer.suggestions.length && tail + 1 < token.tails.length && seq === this.seq) {
+        tail++;
+        answer = await this.fetchCached(token.tails[tail].query, s, seq);
       }
-      if (!answer || !Array.isArray(answer.suggestions)) return;
-      this.cache.set(key, answer);
-      if (this.cache.size > 200) this.cache.delete(this.cache.keys().next().value);
+    } catch (e) {
+      if (seq === this.seq) this.hide();
+      return; // a dead or slow server must never get in the way of typing
     }
     if (seq !== this.seq || this.doc.activeElement !== ta) return; // typing moved on
-    const token = currentToken(ta.value, ta.selectionStart);
-    if (!token || token.query !== query) return;
-    this.show(ta, token, answer.suggestions.slice(0, s.maxResults), answer.warning, s);
+    const now = currentToken(ta.value, ta.selectionStart);
+    if (!now || now.query !== token.query) return;
+    this.tail = tail;
+    this.show(ta, withTail(now, tail), answer.suggestions.slice(0, s.maxResults), answer.warning, s);
   }
 
   ensurePopup() {
@@ -293,6 +320,11 @@ export class TagAutocomplete {
       if (item) this.select(Number(item.dataset.index), false);
     });
     doc.body.appendChild(popup);
+    // the popup is fixed to the viewport: when the canvas or page moves under it, close it
+    const view = doc.defaultView;
+    const away = (e) => this.visible() && !popup.contains(e.target) && this.hide();
+    view.addEventListener("wheel", away, { capture: true, passive: true });
+    view.addEventListener("resize", () => this.hide());
     this.popup = popup;
     return popup;
   }
@@ -418,7 +450,8 @@ export class TagAutocomplete {
     if (!ta || !sug) return this.hide();
     const s = this.settings();
     // the text may have changed since the popup opened: recompute the word at the caret
-    const token = currentToken(ta.value, ta.selectionStart) || this.token;
+    const now = currentToken(ta.value, ta.selectionStart);
+    const token = now ? withTail(now, this.tail) : this.token;
     const plan = planCompletion(ta.value, token, formatTag(sug.tag, s));
     this.hide();
     replaceText(ta, plan, () => {
@@ -427,6 +460,11 @@ export class TagAutocomplete {
       this.suppressInput = false;
     });
   }
+}
+
+function withTail(token, tail) {
+  if (tail == null || tail < 0 || !token.tails[tail]) return token;
+  return { ...token, start: token.tails[tail].start, query: token.tails[tail].query };
 }
 
 /**
