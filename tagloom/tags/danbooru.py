@@ -121,6 +121,7 @@ def import_api(
     client: DanbooruClient | None = None,
     progress: Callable[[str, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    page_limit: int = PAGE_LIMIT,
 ) -> dict:
     """Fetch tags, aliases and wiki descriptions into ``db``. Returns counts per endpoint."""
     client = client or DanbooruClient(base_url, min_interval=min_interval)
@@ -143,7 +144,7 @@ def import_api(
         while max_pages is None or pages < max_pages:
             if should_stop and should_stop():
                 raise CancelledError(f"Danbooru import stopped; run it again to resume after {endpoint} id {cursor}")
-            page = client.get(path, {"limit": PAGE_LIMIT, "page": f"a{cursor}", **extra})
+            page = client.get(path, {"limit": page_limit, "page": f"a{cursor}", **extra})
             pages += 1
             if not page:
                 break
@@ -172,7 +173,7 @@ def import_api(
             db.set_meta(key, str(cursor))  # after the page is committed: a crash re-reads at most one page
             if progress:
                 progress(endpoint, n)
-            if len(page) < PAGE_LIMIT:
+            if len(page) < page_limit:
                 break
         counts[endpoint] = n
     counts["requests"] = client.requests
