@@ -1,0 +1,193 @@
+"""The search engine behind ``tagloom.search.suggest``: classic completion always, semantic
+completion (dense + sparse + ColBERT, see ``semantic.py``) when an index has been built.
+
+One engine per database file is cached for the process. Each call checks SQLite's
+``PRAGMA data_version`` (it moves when any other connection commits) and the index's stamp file, so
+an import or an index build in another thread or process is picked up on the next query without
+re-reading anything when nothing changed.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from tagloom.search.classic import ALIAS, KIND_REASON, NAME, ClassicIndex
+from tagloom.tags.db import DANBOORU_CATEGORIES, TagDB, default_path
+
+# Fusion. A literal completion (the name or an alias starts with what was typed) is what the user is
+# most likely typing, so each classic reason adds a base that keeps those hits above semantic-only
+# ones, plus a reciprocal-rank term that keeps them in post-count order. Semantic channels add
+# reciprocal-rank terms (RRF) — dense, sparse lexical, ColBERT — scaled down for tags that already
+# matched literally, and a log-popularity prior breaks near-ties toward tags people actually use.
+RRF_K = 10.0
+CLASSIC_BASE = {"exact": 4.0, "prefix": 2.5, "alias": 2.5, "word": 1.2, "fuzzy": 1.0}
+CLASSIC_RANK = 0.5
+W_DENSE = 1.0
+W_SPARSE = 0.5
+W_COLBERT = 0.7
+SEMANTIC_ON_LITERAL = 0.25
+W_POP = 0.15
+
+class Engine:
+    def __init__(self, db_path: str | Path | None = None):
+        self.db_path = Path(db_path) if db_path else default_path()
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._version = None
+        self._index_stamp = None
+        self._semantic = None
+        self._semantic_error: str | None = None
+        self._load()
+
+    # --- loading -------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self._conn is None:
+            TagDB(self.db_path).close()  # creates the schema when the file is new
+            self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, timeout=30)
+        # Straight SQL rather than TagDB.iter_tags: this runs on the first keystroke, 140k rows.
+        TagDB(self.db_path).close()
+        c = self._conn
+        rows = c.execute("SELECT id, name, category, post_count, main_category FROM tags ORDER BY id").fetchall()
+        self.ids = np.array([r[0] for r in rows], dtype=np.int64)
+        self.names = [r[1] for r in rows]
+        self.category = [r[2] for r in rows]
+        self.post_count = np.array([r[3] or 0 for r in rows], dtype=np.int64)
+        self.main_category = [r[4] for r in rows]
+        row_of = {int(i): r for r, i in enumerate(self.ids)}
+        aliases: list[list[str]] = [[] for _ in rows]
+        for tag_id, alias in c.execute("SELECT tag_id, alias FROM aliases"):
+            r = row_of.get(tag_id)
+            if r is not None:
+                aliases[r].append(alias)
+        self.translations: list[dict] = [{} for _ in rows]
+        for tag_id, lang, text in c.execute("SELECT tag_id, lang, text FROM translations"):
+            r = row_of.get(tag_id)
+            if r is not None:
+                self.translations[r].setdefault(lang, []).append(text)
+        tags = rows
+        self.row_of = row_of
+        self.classic = ClassicIndex(self.names, aliases, self.post_count)
+        # The index is hundreds of thousands of long-lived objects: keep them out of the cyclic
+        # GC's young generations, whose full scans otherwise add multi-ms pauses to queries.
+        gc.freeze()
+        self._log_max = math.log1p(int(self.post_count.max())) if len(tags) else 1.0
+        self._version = self._data_version()
+        self._semantic = None
+        self._semantic_error = None
+        self._index_stamp = None
+
+    def _data_version(self):
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def refresh(self) -> None:
+        """Reload if the database changed since the last query (cheap when it did not)."""
+        with self._lock:
+            if self._data_version() != self._version:
+                self._load()
+
+    # --- semantic ------------------------------------------------------------------------------
+    def semantic_index(self, embedder: str | None = None):
+        """The built semantic index for the configured embedder, or None when there is none."""
+        from tagloom.search import semantic
+
+        with self._lock:
+            stamp = semantic.index_stamp(self.db_path, embedder)
+            if stamp != self._index_stamp or (self._semantic is not None and embedder and self._semantic.spec != embedder):
+                self._semantic = None
+                self._index_stamp = stamp
+                if stamp is not None:
+                    self._semantic = semantic.SemanticIndex.open(self.db_path, embedder)
+            return self._semantic
+
+    # --- querying ------------------------------------------------------------------------------
+    def _result(self, row: int, reason: str, alias: str | None, score: float) -> dict:
+        cat = self.category[row]
+        return {
+            "tag": self.names[row],
+            "category": DANBOORU_CATEGORIES.get(cat, "unknown" if cat is None else str(cat)),
+            "category_id": cat,
+            "post_count": int(self.post_count[row]),
+            "alias": alias,
+            "reason": reason,
+            "score": round(float(score), 4),
+            "translations": self.translations[row],
+            "main_category": self.main_category[row],
+        }
+
+    def _pop(self, row: int) -> float:
+        return math.log1p(int(self.post_count[row])) / self._log_max
+
+    def suggest(self, query: str, limit: int = 10, semantic: bool | None = None, embedder: str | None = None) -> list[dict]:
+        limit = max(1, min(int(limit), 200))
+        self.refresh()
+        hits = self.classic.search(query, limit=limit)
+        classic: list[tuple[int, str, str | None]] = []
+        for h in hits:
+            reason = "fuzzy" if h.fuzzy else KIND_REASON[h.kind]
+            if h.exact:
+                reason = "exact" if h.kind == NAME else "alias"
+            classic.append((h.tag, reason, h.key if h.kind == ALIAS else None))
+
+        sem = None
+        if semantic is not False and len(query.strip()) >= 2:
+            try:
+                sem = self.semantic_index(embedder)
+            except Exception as e:  # a broken index must never break typing; say why once
+                if semantic:
+                    raise
+                self._semantic_error = str(e)
+                sem = None
+            if semantic and sem is None:
+                from tagloom.errors import TagLoomError
+
+                raise TagLoomError(
+                    f"no semantic index for {self.db_path} (embedder {embedder or 'from settings'}): run `tagloom index build`"
+                )
+        if sem is None:
+            n = len(classic)
+            return [self._result(t, r, a, (n - i) / n + self._pop(t) * 0.01) for i, (t, r, a) in enumerate(classic)]
+
+        scores: dict[int, float] = {}
+        reason_of: dict[int, tuple[str, str | None]] = {}
+        for rank, (t, reason, alias) in enumerate(classic):
+            scores[t] = CLASSIC_BASE[reason] + CLASSIC_RANK * RRF_K / (RRF_K + rank)
+            reason_of[t] = (reason, alias)
+        found = sem.search(query, k=max(50, limit * 5))
+        for channel, weight in (("dense", W_DENSE), ("sparse", W_SPARSE), ("colbert", W_COLBERT)):
+            for rank, tag_id in enumerate(found.get(channel, [])):
+                row = self.row_of.get(int(tag_id))
+                if row is None:
+                    continue
+                w = weight * (SEMANTIC_ON_LITERAL if row in reason_of and reason_of[row][0] != "semantic" else 1.0)
+                scores[row] = scores.get(row, 0.0) + w * RRF_K / (RRF_K + rank)
+                reason_of.setdefault(row, ("semantic", None))
+        for row in scores:
+            scores[row] += W_POP * self._pop(row)
+        best = sorted(scores, key=lambda r: -scores[r])[:limit]
+        return [self._result(r, reason_of[r][0], reason_of[r][1], scores[r]) for r in best]
+
+
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(db_path: str | Path | None = None) -> Engine:
+    """The process-wide engine for a database file (created on first use)."""
+    key = os.path.abspath(str(db_path) if db_path else str(default_path()))
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = Engine(key)
+        return engine
+
+
+def clear_cache() -> None:
+    with _ENGINES_LOCK:
+        _ENGINES.clear()
