@@ -124,3 +124,16 @@ def test_categorize_node_stops_on_cancel(comfy_pack, comfy, server):
     with pytest.raises(comfy_stub.InterruptProcessingException):
         comfy_pack.NODE_CLASS_MAPPINGS["TagLoomCategorizeTags"]().run("ollama", server.url, "m", 2, 1, 0)
     assert not server.requests
+
+
+def test_snapper_with_the_real_search_engine(tmp_path):
+    """Default snapping goes through tagloom.search.suggest (classic typo-tolerant completion)."""
+    pytest.importorskip("tagloom.search")
+    db = TagDB(tmp_path / "t.sqlite")
+    _fill(db)
+    db.upsert_tags([{"name": "twintails", "category": 0, "post_count": 500000}])
+    s = TagSnapper(db)
+    snap = s.snap("twintials")
+    assert (snap.tag, snap.how) == ("twintails", "nearest")
+    assert s.snap("sakura").how == "alias" and s.snap("sakura").tag == "cherry_blossoms"
+    assert s.snap("zzqqxx_nothing").tag is None
