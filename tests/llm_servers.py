@@ -169,7 +169,7 @@ class FaultProxy(_ThreadServer):
     @staticmethod
     def _asked(body: dict) -> list[str]:
         rf = body.get("response_format") or {}
-        schema = (rf.get("json_schema") or {}).get("schema") if isinstance(rf, dict) else None
+        schema = ((rf.get("json_schema") or {}).get("schema") or rf.get("schema")) if isinstance(rf, dict) else None
         if isinstance(schema, dict) and "properties" in schema:
             return list(schema["properties"])
         user = body.get("messages", [{}])[-1].get("content", "")
@@ -310,6 +310,7 @@ class FakeOpenAI(_ThreadServer):
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.reject = set()  # {"json_schema", "json_object"}
+        self.reject_status = 400
 
     def app(self):
         app = web.Application()
@@ -323,6 +324,9 @@ class FakeOpenAI(_ThreadServer):
         rf = body.get("response_format") or {}
         kind = rf.get("type")
         if kind in self.reject:
+            if self.reject_status == 422:  # what FastAPI servers (llama-cpp-python) answer
+                return web.json_response({"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"],
+                                                      "msg": "Input should be 'text' or 'json_object'"}]}, status=422)
             return web.json_response({"error": {"message": f"response_format {kind} is not supported", "type": "invalid_request_error"}}, status=400)
         user = body["messages"][-1]["content"]
         keys = [l.strip() for l in user.split("Tags:\n", 1)[-1].split("\n\n")[0].splitlines() if l.strip()]

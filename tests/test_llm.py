@@ -85,6 +85,18 @@ def test_openai_fallback_chain_schema_object_prompt(openai_server):
     assert first["strict"] is True and first["schema"]["additionalProperties"] is False
 
 
+def test_openai_422_on_json_schema_falls_back_to_json_object_with_schema(openai_server):
+    """llama-cpp-python's server has no json_schema type (FastAPI answers 422) but constrains
+    json_object output to a schema given beside it."""
+    openai_server.reject = {"json_schema"}
+    openai_server.reject_status = 422
+    p = make_provider("openai", "m", base_url=openai_server.url + "/v1", retry=FAST)
+    schema = keyed_schema(["sword"], item_schema())
+    res = p.chat_json("system", "Tags:\nsword", schema)
+    assert res.mode == "json_object"
+    assert openai_server.requests[-1]["response_format"] == {"type": "json_object", "schema": schema}
+
+
 def test_retries_429_and_5xx_with_backoff_then_succeeds(ollama_server):
     slept = []
     policy = RetryPolicy(attempts=4, base_delay=0.5, max_delay=8, sleep=slept.append)

@@ -245,7 +245,9 @@ class OpenAIProvider(Provider):
         if mode == "json_schema":
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}}
         elif mode == "json_object":
-            kwargs["response_format"] = {"type": "json_object"}
+            # "schema" beside json_object is llama-cpp-python's way to constrain output to a schema
+            # (its server has no json_schema type); other servers ignore it.
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
         try:
             resp = self._client.chat.completions.create(**kwargs)
         except openai.RateLimitError as e:
@@ -259,10 +261,15 @@ class OpenAIProvider(Provider):
         except openai.AuthenticationError:
             raise LLMError(f"{self}: authentication failed: set the key in ${self.api_key_env} or config.toml [secrets]") from None
         except openai.BadRequestError as e:
-            msg = str(getattr(e, "message", "") or e)
+            msg = _error_text(e)
             if mode != "prompt" and ("response_format" in msg or "json_schema" in msg or "schema" in msg.lower()):
                 raise _Unsupported(msg[:200]) from None
             raise LLMError(f"{self}: request rejected: {msg[:300]}") from None
+        except openai.UnprocessableEntityError as e:  # FastAPI-based servers validate the body: 422
+            msg = _error_text(e)
+            if mode != "prompt" and "response_format" in msg:
+                raise _Unsupported(msg[:200]) from None
+            raise LLMError(f"{self}: request rejected (422): {msg[:300]}") from None
         except openai.APIStatusError as e:
             if e.status_code >= 500 or e.status_code in (408, 409):
                 raise _Retryable(f"server error {e.status_code}") from None
@@ -329,6 +336,16 @@ class OllamaProvider(Provider):
             self._client.generate(model=self.model, prompt="", keep_alive=0)
         except Exception as e:  # unloading is best effort
             log.info("%s: unload failed: %s", self, e)
+
+
+def _error_text(e) -> str:
+    """The message and the body of an HTTP error (FastAPI puts the field name in ``detail``)."""
+    body = getattr(e, "body", None)
+    try:
+        extra = json.dumps(body, ensure_ascii=False) if body is not None else ""
+    except (TypeError, ValueError):
+        extra = str(body)
+    return f"{getattr(e, 'message', '') or e} {extra}".strip()
 
 
 def _retry_after(response) -> float | None:
