@@ -75,6 +75,14 @@ class _ThreadServer:
         return f"http://127.0.0.1:{self.port}"
 
 
+def _item_props(schema: dict, key: str) -> dict:
+    item = schema["properties"][key]
+    ref = item.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        item = schema["$defs"][ref.split("/")[-1]]
+    return item.get("properties", {})
+
+
 def fake_category(tag: str) -> str:
     """The fake's deterministic 'model': a keyword rule."""
     rules = [
@@ -129,7 +137,7 @@ class FakeOllama(_ThreadServer):
             keys = [line.strip() for line in user.split("Tags:\n", 1)[-1].split("\n\n")[0].splitlines() if line.strip()]
         item_props = {}
         if isinstance(fmt, dict) and keys:
-            item_props = fmt["properties"][keys[0]].get("properties", {})
+            item_props = _item_props(fmt, keys[0])
         if "tags" in keys and not item_props and isinstance(fmt, dict):
             answer = {"tags": list(self.idea_tags)}
         elif "description" in item_props:
@@ -334,7 +342,7 @@ class FakeOpenAI(_ThreadServer):
         if kind == "json_schema":
             schema = rf["json_schema"]["schema"]
             keys = list(schema["properties"])
-            item_props = schema["properties"][keys[0]].get("properties", {}) if keys else {}
+            item_props = _item_props(schema, keys[0]) if keys else {}
         elif "description" in user.split("Tags:\n", 1)[-1]:
             item_props = {"description": {}}
         content = json.dumps(_fake_answer(keys, item_props, set()), ensure_ascii=False)

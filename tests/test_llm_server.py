@@ -111,7 +111,7 @@ def test_server_killed_mid_run_and_restarted(tmp_path, proxy, llama):
     tags = WORDS[:8]
     db = _db(tmp_path, tags)
     provider = make_provider("openai", "smollm2", base_url=proxy.url + "/v1", timeout=120,
-                             retry=RetryPolicy(attempts=30, base_delay=0.2, max_delay=1.0))
+                             retry=RetryPolicy(attempts=80, base_delay=0.2, max_delay=1.0))
     result = {}
 
     def run():

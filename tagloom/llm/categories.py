@@ -81,11 +81,15 @@ def item_schema() -> dict:
 def keyed_schema(tags: list[str], item: dict) -> dict:
     """An object keyed by tag, every tag required: a small model cannot skip or repeat a tag, which an
     array of ``{tag, ...}`` objects allowed (measured: 12 unique of 20; keyed: 20 of 20)."""
+    # The item schema is defined once and referenced per tag: inline it costs ~150 tokens per tag
+    # where the schema travels in the prompt; a $ref costs ~8 (OpenAI strict, Ollama and llama.cpp
+    # grammars all resolve local $defs).
     return {
         "type": "object",
-        "properties": {t: item for t in tags},
+        "properties": {t: {"$ref": "#/$defs/item"} for t in tags},
         "required": list(tags),
         "additionalProperties": False,
+        "$defs": {"item": item},
     }
 
 

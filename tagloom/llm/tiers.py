@@ -119,9 +119,11 @@ def estimate(task, tags: list[str], batch_size: int) -> dict:
     requests = math.ceil(len(tags) / batch_size)
     system = estimate_tokens(task.system)
     per_tag_in = sum(estimate_tokens(t) + 1 for t in tags)
-    # structured output: the schema is sent with every request (json_schema mode) or in the prompt
-    schema_one = estimate_tokens(json.dumps(keyed_schema(["x"], task.item_schema())))
-    prompt = requests * (system + 10 + schema_one) + per_tag_in * 2 + len(tags) * schema_one // 2
+    # structured output: the schema (item defined once, one $ref per tag) goes with every request;
+    # counted as prompt tokens, which is exact in prompt mode and an upper bound otherwise
+    schema_fixed = estimate_tokens(json.dumps(keyed_schema([], task.item_schema())))
+    per_tag_schema = estimate_tokens(json.dumps({"x": {"$ref": "#/$defs/item"}})) + 1
+    prompt = requests * (system + 10 + schema_fixed) + per_tag_in * 2 + len(tags) * per_tag_schema
     completion = len(tags) * (task.out_tokens_per_tag + 2)
     return {"tags": len(tags), "requests": requests, "prompt_tokens": prompt, "completion_tokens": completion}
 
