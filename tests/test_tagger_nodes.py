@@ -104,3 +104,37 @@ def test_tag_filter_node(comfy_pack):
     (out,) = f.filter("1girl, long hair, ask \\(askzy\\), ^_^, solo", exclude_tags="solo", include_tags="masterpiece",
                       replace="long_hair=very_long_hair", sort="alpha", max_tags=4, trailing_comma=True)
     assert out == "masterpiece, 1girl, ^_^, ask \\(askzy\\),"
+
+
+def _widget_inputs(spec: dict) -> list[str]:
+    """Inputs that are widgets (stored by position in UI workflows): everything but node links."""
+    names = []
+    for group in ("required", "optional"):
+        for name, (typ, *rest) in spec.get(group, {}).items():
+            opts = rest[0] if rest else {}
+            if isinstance(typ, list) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                if not opts.get("forceInput"):
+                    names.append(name)
+    return names
+
+
+def test_example_workflows_match_the_nodes(comfy_pack):
+    from tests_paths import REPO
+
+    m = comfy_pack.NODE_CLASS_MAPPINGS
+    ui = json.loads((REPO / "example_workflows" / "tag_image_to_prompt.json").read_text())
+    types = {n["type"] for n in ui["nodes"]}
+    assert {"LoadImage", "TagLoomTaggerLoader", "TagLoomInterrogate", "CLIPTextEncode"} <= types
+    for node in ui["nodes"]:
+        if node["type"] in m:
+            assert len(node["widgets_values"]) == len(_widget_inputs(m[node["type"]].INPUT_TYPES())), node["type"]
+    # the caption feeds a CLIPTextEncode's text
+    enc = {n["id"] for n in ui["nodes"] if n["type"] == "CLIPTextEncode"}
+    inter = next(n["id"] for n in ui["nodes"] if n["type"] == "TagLoomInterrogate")
+    assert any(link[1] == inter and link[3] in enc for link in ui["links"])
+    api = json.loads((REPO / "example_workflows" / "tag_image_api.json").read_text())
+    for node in api.values():
+        if node["class_type"] in m:
+            spec = m[node["class_type"]].INPUT_TYPES()
+            known = set(spec["required"]) | set(spec.get("optional", {}))
+            assert set(node["inputs"]) <= known and set(spec["required"]) <= set(node["inputs"])
