@@ -34,6 +34,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "general_threshold": (0.35, "general tag threshold when threshold.json has none"),
     "character_threshold": (0.75, "character tag threshold when threshold.json has none"),
     "artist_threshold": (0.75, "artist tag threshold when threshold.json has none"),
+    "max_image_pixels": (178_956_970, "largest image decoded in full; bigger JPEGs are decoded reduced, other formats refused"),
     "hf_offline": (False, "never contact the Hugging Face hub; use only files already present"),
 }
 
