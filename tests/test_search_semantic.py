@@ -72,7 +72,16 @@ def test_build_writes_every_store(built):
 def test_chinese_queries_find_the_tag(built, query, tag):
     path, _ = built
     got = ranks(suggest(query, limit=3, db_path=path))
-    assert tag in got, got  # rank, not threshold: E5 cosines are all 0.75-0.9
+    assert tag in got, got
+
+
+@pytest.mark.parametrize("query,tag", [("两个马尾", "twintails"), ("猫咪耳朵", "cat_ears"), ("狐狸女孩", "fox_girl"), ("戴着眼镜的女孩", "glasses"), ("夕阳", "sunset")])
+def test_chinese_paraphrases_through_the_embedder(built, query, tag):
+    """Queries that are no prefix of any translation: only the embedding can find these."""
+    path, _ = built
+    r = suggest(query, limit=3, db_path=path)
+    assert tag in ranks(r), ranks(r)  # rank, not threshold: E5 cosines are all 0.75-0.9
+    assert next(x for x in r if x["tag"] == tag)["reason"] == "semantic"
 
 
 def test_english_paraphrase_with_wiki_description(built):
@@ -135,7 +144,9 @@ def test_cli_build_and_suggest(tmp_path, capsys):
     assert main(["suggest", "双马尾", "--limit", "2", "--json", "--semantic", "on", "--db", str(path)]) == 0
     out = json.loads(capsys.readouterr().out)
     hit = next(r for r in out if r["tag"] == "twintails")
-    assert hit["reason"] == "semantic" and hit["alias"] is None
+    assert hit["reason"] == "translation" and hit["alias"] == "双马尾"  # a literal hit on the translation
+    assert main(["suggest", "两个马尾", "--limit", "3", "--json", "--semantic", "on", "--db", str(path)]) == 0
+    assert all(r["reason"] == "semantic" for r in json.loads(capsys.readouterr().out))
     assert set(out[0]) >= {"tag", "category", "post_count", "alias", "reason", "score"}
     clear_cache()
 

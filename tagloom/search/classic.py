@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # Key kinds, in the order results are preferred when one tag matches several ways.
-NAME, ALIAS, WORD = 0, 1, 2
-KIND_REASON = {NAME: "prefix", ALIAS: "alias", WORD: "word"}
+NAME, ALIAS, TRANSLATION, WORD = 0, 1, 2, 3
+KIND_REASON = {NAME: "prefix", ALIAS: "alias", TRANSLATION: "translation", WORD: "word"}
 
 _UNDERSCORES = re.compile(r"_+")
 
@@ -43,7 +43,8 @@ class Hit:
 class ClassicIndex:
     """Sorted keys over tag names, aliases and the word starts inside names."""
 
-    def __init__(self, names: list[str], aliases: list[list[str]], post_counts: np.ndarray):
+    def __init__(self, names: list[str], aliases: list[list[str]], post_counts: np.ndarray,
+                 translations: list[list[str]] | None = None):
         self.post_count = np.asarray(post_counts, dtype=np.int64)
         direct: list[tuple[str, int, int]] = []
         words: list[tuple[str, int, int]] = []
@@ -55,6 +56,9 @@ class ClassicIndex:
                 words.append((key[m.end():], WORD, i))
             for alias in aliases[i]:
                 direct.append((normalize(alias), ALIAS, i))
+            # Translations complete like aliases, so 双马 finds twintails without a semantic index.
+            for text in translations[i] if translations else ():
+                direct.append((normalize(text), TRANSLATION, i))
         # Two sorted tables (names+aliases, word starts) so a range never needs filtering by kind.
         self.direct = _Table(direct, self.post_count)
         self.words = _Table(words, self.post_count)
