@@ -105,7 +105,8 @@ def test_all_three_channels_rank(setup):
 
 def test_suggest_with_m3(setup):
     db_path, _, spec, _, _ = setup
-    r = suggest("双马尾", limit=len(TAGS), semantic=True, db_path=db_path, embedder=spec)
+    # Not a prefix of the translation (that would be a literal "translation" hit): semantic only.
+    r = suggest("双马尾 头发", limit=len(TAGS), semantic=True, db_path=db_path, embedder=spec)
     # Random weights: dense and ColBERT ranks are noise; the lexical channel still lifts twintails.
     print([(x["tag"], x["score"]) for x in r])
     assert [x["tag"] for x in r].index("twintails") < 3 and all(x["reason"] == "semantic" for x in r)
