@@ -44,6 +44,8 @@ def main() -> int:
     ap.add_argument("--semantic-queries", type=int, default=100)
     ap.add_argument("--m3-sized", action="store_true", help="GPU build throughput with a BGE-M3-sized encoder")
     ap.add_argument("--m3-subset", type=int, default=0, help="tags for the M3-sized build (0 = all)")
+    ap.add_argument("--m3-hidden", type=int, default=1024, help="encoder width (1024 = BGE-M3; smaller for a smoke run)")
+    ap.add_argument("--m3-layers", type=int, default=24, help="encoder depth (24 = BGE-M3)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     if not (SHARED / "danbooru.csv").is_file():
@@ -154,10 +156,12 @@ def bench_m3(db_path: Path, tmp: Path, args) -> list[tuple[str, str]]:
     with TagDB(db_path) as db:
         corpus = [entry_text(t) for t in db.iter_tags(order="post_count DESC")][:50000]
     t = time.perf_counter()
-    model = make_tiny_m3(tmp / "m3-sized", corpus, hidden=1024, layers=24, heads=16, intermediate=4096, vocab_size=8000)
+    h, layers = args.m3_hidden, args.m3_layers
+    model = make_tiny_m3(tmp / "m3-sized", corpus, hidden=h, layers=layers, heads=max(2, h // 64), intermediate=4 * h,
+                         vocab_size=8000)
     made = time.perf_counter() - t
     r = build_index(db_path, f"m3:{model}", limit=args.m3_subset or None, device=device, batch_size=512 if device == "cuda" else 16)
-    return [(f"index build, BGE-M3-sized encoder (24x1024), {device}, fp16={device == 'cuda'} ({r['embedded']:,} tags)",
+    return [(f"index build, M3 encoder {layers}x{h}, {device}, fp16={device == 'cuda'} ({r['embedded']:,} tags)",
              f"{r['seconds']:.1f} s = {r['embedded'] / r['seconds']:.0f} tags/s (embedding {r['embed_seconds']:.1f} s; model built in {made:.0f} s)")]
 
 
