@@ -162,3 +162,10 @@ def test_concurrent_queries_during_reloads(db_path):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_empty_database(tmp_path):
+    clear_cache()
+    path = tmp_path / "empty.sqlite"
+    assert suggest("long", db_path=path) == [] and get_engine(path).tag_count == 0
+    clear_cache()
