@@ -147,3 +147,20 @@ def test_fp16_on_gpu_matches_cpu(setup):
     assert gpu.fp16
     a, b = cpu.encode(texts), gpu.encode(texts)
     assert np.min(np.sum(a.dense * b.dense, axis=1)) > 0.99
+
+
+def test_build_without_colbert(tmp_path, setup):
+    db_path, _, spec, _, _ = setup
+    import shutil
+
+    from tagloom.cli import main
+
+    other = tmp_path / "copy.sqlite"
+    shutil.copy(db_path, other)
+    assert main(["index", "build", "--db", str(other), "--embedder", spec, "--device", "cpu", "--no-colbert", "-q"]) == 0
+    folder = index_dir(other, spec)
+    assert not (folder / "colbert.f16").exists()
+    found = SemanticIndex.open(other, spec).search("双马尾", k=5)
+    assert set(found) == {"dense", "sparse"}
+    r = build_index(other, spec, device="cpu")  # ColBERT back on: everything is embedded again
+    assert r["embedded"] == len(TAGS) and (folder / "colbert.f16").stat().st_size > 0

@@ -36,9 +36,12 @@ def build_index(
     rebuild: bool = False,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    colbert: bool = True,
 ) -> dict:
     """Build or update the index. ``limit``: only the most popular N tags (subsets for tests and
-    benchmarks). Returns counts and timings."""
+    benchmarks). ``colbert=False`` skips storing BGE-M3's ColBERT vectors (about 2 KB per token in
+    float16 — gigabytes for the full Danbooru list); queries then fuse dense and sparse only.
+    Returns counts and timings."""
     db_path = Path(db_path) if db_path else default_path()
     emb = get_embedder(embedder, device=device)
     folder = index_dir(db_path, emb.spec)
@@ -66,12 +69,17 @@ def build_index(
             with conn:
                 conn.executemany("DELETE FROM entries WHERE tag_id=?", [(i,) for i in chunk])
                 conn.executemany("DELETE FROM postings WHERE tag_id=?", [(i,) for i in chunk])
+    cpath = folder / "colbert.f16"
+    if emb.has_colbert and _get_info(conn, "colbert", True) != bool(colbert):
+        # Switching ColBERT storage on or off changes what every entry points to: embed all again.
+        conn.execute("DELETE FROM entries")
+        conn.commit()
+        todo = list(texts)
     _set_info(conn, spec=emb.spec, slug=emb.slug, dim=emb.dim, collection=name, has_sparse=emb.has_sparse,
-              has_colbert=emb.has_colbert, model=emb.info.get("model"))
+              has_colbert=emb.has_colbert, colbert=bool(colbert and emb.has_colbert), model=emb.info.get("model"))
 
     todo.sort(key=lambda i: len(texts[i]))
     bs = batch_size or (512 if emb.device.startswith("cuda") else 32)
-    cpath = folder / "colbert.f16"
     done = 0
     t_embed = 0.0
     if progress:
@@ -79,7 +87,16 @@ def build_index(
     # Embedding (GPU or the C engine) and storing (chromadb's HNSW insert, SQLite) overlap: a writer
     # thread stores batch n while batch n+1 is embedded. On a GPU the store is the slow half, so
     # the build takes about as long as chromadb's inserts instead of the sum of both.
-    writer = _Writer(lambda ids, enc: _store(coll, conn, cpath, emb.dim, hashes, ids, enc))
+    keep_colbert = colbert and emb.has_colbert
+    if not keep_colbert and cpath.exists():
+        cpath.unlink()  # a previous build's vectors would no longer match the entries
+
+    def store(ids, enc):
+        if not keep_colbert:
+            enc.colbert = None
+        _store(coll, conn, cpath, emb.dim, hashes, ids, enc)
+
+    writer = _Writer(store)
     try:
         for s in range(0, len(todo), bs):
             if should_stop and should_stop():
@@ -181,6 +198,11 @@ class _Writer:
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join()
+
+
+def _get_info(conn: sqlite3.Connection, key: str, default=None):
+    row = conn.execute("SELECT value FROM info WHERE key=?", (key,)).fetchone()
+    return json.loads(row[0]) if row else default
 
 
 def _set_info(conn: sqlite3.Connection, **kv) -> None:
