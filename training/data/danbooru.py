@@ -140,6 +140,10 @@ def _save_state(out: Path, state: dict) -> None:
     os.replace(tmp, out / STATE_FILE)
 
 
+def _lower(cursor, pid: int) -> int:
+    return pid if not cursor else min(pid, int(cursor))
+
+
 def _done_ids(out: Path) -> set[int]:
     return {int(p.stem) for p in out.glob("*.txt") if p.stem.isdigit()}
 
@@ -156,12 +160,16 @@ async def fetch_async(opts: FetchOptions, log: Callable[[str], None] = print) ->
     downloaded = 0
     login = config.secret("DANBOORU_LOGIN", "danbooru_login")
     api_key = config.secret("DANBOORU_API_KEY", "danbooru_api_key")
-    auth = aiohttp.BasicAuth(login, api_key) if login and api_key else None
     limiter = _RateLimiter(opts.rate)
     timeout = aiohttp.ClientTimeout(total=opts.timeout)
     headers = {"User-Agent": "TagLoom dataset fetcher (+https://github.com/tagloom/ComfyUI-TagLoom)"}
+    if login and api_key:
+        import base64
+
+        token = base64.b64encode(f"{login}:{api_key}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
     base = opts.base_url.rstrip("/")
-    async with aiohttp.ClientSession(auth=auth, timeout=timeout, headers=headers) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
         while len(done) < opts.limit and not state.get("exhausted"):
             # page=b<id> pages by id ("before"), stable while new posts are uploaded and resumable
             params = {"tags": opts.tags, "limit": str(PAGE_LIMIT)}
@@ -182,11 +190,15 @@ async def fetch_async(opts: FetchOptions, log: Callable[[str], None] = print) ->
                 if len(done) >= opts.limit:
                     break
                 pid = int(post["id"])
+                # the cursor moves past a post only once it is finished (saved or skipped), so a kill
+                # mid-download retries that post
                 if pid in done:
+                    state["cursor"] = _lower(state.get("cursor"), pid)
                     continue
                 reason = skip_reason(post)
                 if reason:
                     skipped[reason] = skipped.get(reason, 0) + 1
+                    state["cursor"] = _lower(state.get("cursor"), pid)
                     continue
                 ext = post["file_ext"].lower()
                 data = await _request(session, limiter, post["file_url"], opts)
@@ -199,8 +211,9 @@ async def fetch_async(opts: FetchOptions, log: Callable[[str], None] = print) ->
                 os.replace(cap_tmp, out / f"{pid}.txt")  # the caption last: it marks the post done
                 done.add(pid)
                 downloaded += 1
+                state["cursor"] = _lower(state.get("cursor"), pid)
+                _save_state(out, state)
                 log(f"{len(done)}/{opts.limit} post {pid}")
-            state["cursor"] = min(int(p["id"]) for p in posts)
             _save_state(out, state)
     return FetchResult(downloaded, skipped, existing)
 
