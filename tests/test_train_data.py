@@ -219,3 +219,17 @@ def test_fetch_danbooru_dead_server_is_a_clear_error(tmp_path):
     opts = FetchOptions(tags="x", limit=1, out=tmp_path / "ds", base_url="http://127.0.0.1:9", rate=100, retries=1)
     with pytest.raises(TagLoomError, match="127.0.0.1:9"):
         fetch(opts, log=lambda s: None)
+
+
+def test_caption_missing_with_our_tagger(tmp_path):
+    """`prepare --caption-missing MODEL` tags uncaptioned images with the pack's tagger (tiny EVA-02)."""
+    from tiny_models import make_tiny_tagger
+
+    model = make_tiny_tagger(tmp_path / "tagger")
+    ds = tmp_path / "ds"
+    paths = make_dataset(ds, 3)
+    paths[1].with_suffix(".txt").unlink()
+    result = prep.prepare(ds, captioner=prep.tagger_captioner(str(model)))
+    caption = paths[1].with_suffix(".txt").read_text().strip().split(", ")
+    assert caption[0] in {"general", "sensitive", "questionable", "explicit"}  # the rating comes first
+    assert len(result.items) == 3

@@ -135,3 +135,28 @@ def test_cli_one_epoch_eva02_tiny_32_images(tmp_path):
     assert "TAGLOOM_PROGRESS" in r.stdout and (out / "model.onnx").is_file()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architecture"] == "eva02_tiny_patch14_224" and cfg["pretrained_cfg"]["input_size"] == [3, 64, 64]
+
+    # the folder works as `tagloom tag --model DIR`, with the trainer's own evaluation's probabilities
+    import torch
+
+    from tagloom.tagger.timm_model import load_model
+    from training.data.images import load_rgb
+    from training.data.prepare import read_selected_tags
+    from training.tagger.data import pad_square_resize, to_tensor_bgr
+
+    images = sorted(ds.glob("*.png"))[:2]
+    r = subprocess.run([sys.executable, "-m", "tagloom", "tag", *map(str, images), "--model", str(out), "--json",
+                        "--general-threshold", "0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 2
+    names = [t[0] for t in read_selected_tags(out / "selected_tags.csv")]
+    model = load_model(out)
+    for path, row in zip(images, rows):
+        x = to_tensor_bgr(pad_square_resize(load_rgb(path), 64), cfg["pretrained_cfg"]["mean"], cfg["pretrained_cfg"]["std"])
+        with torch.no_grad():
+            ours = dict(zip(names, torch.sigmoid(model(x[None]))[0].tolist()))
+        scores = {**row["ratings"], **row["general"]}
+        assert set(scores) == set(names)
+        for tag, score in scores.items():
+            assert abs(score - ours[tag]) < 1e-4, (tag, score, ours[tag])

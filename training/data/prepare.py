@@ -218,22 +218,24 @@ def read_selected_tags(path: Path) -> list[tuple[str, int, int]]:
         raise InputFileError(path, f"not a selected_tags.csv (tag_id,name,category,count): {e}") from e
 
 
-def tagger_captioner(model: str, general_threshold: float | None = None) -> Callable[[list[Path]], list[list[str]]]:
-    """Caption with the pack's tagger (tagloom.tagger, the interrogation core).
+def tagger_captioner(model: str, general_threshold: float | None = None, backend: str = "auto",
+                     device: str = "auto") -> Callable[[list[Path]], list[list[str]]]:
+    """Caption with the pack's tagger (tagloom.tagger): rating first, then general, character and
+    artist tags above the model's thresholds, as raw Danbooru names.
 
     The hook is a plain callable (paths -> tag lists), so any tagger can be plugged in.
     """
-    try:
-        from tagloom.tagger import load_tagger  # provided by the tagger core (issue 2)
-    except ImportError as e:
-        raise TagLoomError("captioning needs the tagger core (tagloom.tagger.load_tagger), which is not installed") from e
+    from tagloom.tagger import load_tagger
 
     def run(paths: list[Path]) -> list[list[str]]:
-        tagger = load_tagger(model)
+        tagger = load_tagger(model, backend=backend, device=device)
+        thresholds = tagger.thresholds.with_overrides(general=general_threshold)
         out = []
-        for p in paths:
-            result = tagger.tag_files([p], general_threshold=general_threshold)[0]
-            out.append(list(result.tag_names()))
+        for result in tagger.tag_images(paths, thresholds=thresholds):
+            tags = [result.rating] if result.rating else []
+            tags += list(result.general) + list(result.character) + list(result.artist)
+            out.append(tags)
+        tagger.unload()
         return out
 
     return run
