@@ -178,3 +178,24 @@ def test_cli_lora_into_models_loras(tiny, tmp_path):
     r = subprocess.run([sys.executable, "-m", "tagloom", "train", "lora", str(tiny["ds"]), "--base", str(tmp_path / "nope.safetensors"),
                         "--out", "x"], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 2 and "base model not found" in r.stderr
+
+
+def test_single_file_checkpoint_loads_offline(tiny, tmp_path):
+    """A checkpoint in the original single-file layout (what ComfyUI's models/checkpoints holds)
+    loads through diffusers' from_single_file with a local config folder, no hub access, and gives
+    the very weights it was written from."""
+    import torch
+
+    from tiny_sd import make_tiny_single_file
+    from training.lora.base import detect_arch, load_base
+
+    ckpt = make_tiny_single_file(tiny["sd"], tmp_path / "tiny_sd15.safetensors")
+    assert detect_arch(ckpt) == "sd15"
+    base = load_base(ckpt, config_dir=tiny["sd"])
+    ref = load_base(tiny["sd"])
+    for name in ("unet", "vae"):
+        a, r = getattr(base, name).state_dict(), getattr(ref, name).state_dict()
+        assert set(a) == set(r)
+        assert all(torch.equal(a[k].reshape(r[k].shape), r[k]) for k in r), name
+    a, r = base.text_encoders[0].state_dict(), ref.text_encoders[0].state_dict()
+    assert all(torch.equal(a[k], r[k]) for k in r)

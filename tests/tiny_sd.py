@@ -50,3 +50,57 @@ def make_tiny_sd(out: Path, xl: bool = False, seed: int = 0) -> Path:
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(out / "scheduler")
     (out / "model_index.json").write_text(json.dumps(index))
     return out
+
+
+def _vae_ldm_name(path: str, levels: int) -> str:
+    """A diffusers AutoencoderKL module path in the original (LDM) checkpoint layout."""
+    p = path.split(".")
+    resnet = {"conv_shortcut": "nin_shortcut"}
+    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}
+    if p[0] in ("quant_conv", "post_quant_conv"):
+        return path
+    side, rest = p[0], p[1:]
+    if rest[0] == "conv_norm_out":
+        return f"{side}.norm_out"
+    if rest[0] in ("conv_in", "conv_out"):
+        return f"{side}.{rest[0]}"
+    if rest[0] == "mid_block":
+        if rest[1] == "resnets":
+            return f"{side}.mid.block_{int(rest[2]) + 1}.{resnet.get(rest[3], rest[3])}"
+        return f"{side}.mid.attn_1.{attn[rest[3]]}"
+    blocks, up = ("down", False) if rest[0] == "down_blocks" else ("up", True)
+    i = int(rest[1])
+    level = levels - 1 - i if up else i
+    if rest[2] in ("downsamplers", "upsamplers"):
+        return f"{side}.{blocks}.{level}.{'upsample' if up else 'downsample'}.conv"
+    return f"{side}.{blocks}.{level}.block.{rest[3]}.{resnet.get(rest[4], rest[4])}"
+
+
+def make_tiny_single_file(folder: Path, out: Path) -> Path:
+    """The tiny SD1.5 folder as one original-layout checkpoint (model.diffusion_model.*,
+    first_stage_model.*, cond_stage_model.transformer.text_model.*), like the files in ComfyUI's
+    models/checkpoints. UNet names come from our own mapping (training.lora.kohya.unet_ldm_name)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    from training.lora.kohya import te_module_path, unet_ldm_name
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    te = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    sd = {}
+    for key, v in unet.state_dict().items():
+        module, _, leaf = key.rpartition(".")
+        sd[f"model.diffusion_model.{unet_ldm_name(module, unet.config)}.{leaf}"] = v
+    levels = len(vae.config.block_out_channels)
+    for key, v in vae.state_dict().items():
+        module, _, leaf = key.rpartition(".")
+        module = module[: -len(".0")] if module.endswith("to_out.0") else module
+        if ".attentions." in module and leaf == "weight" and v.dim() == 2:
+            v = v[:, :, None, None]  # LDM's VAE attention uses 1x1 convs
+        sd[f"first_stage_model.{_vae_ldm_name(module, levels)}.{leaf}"] = v
+    for key, v in te.state_dict().items():
+        sd[f"cond_stage_model.transformer.{te_module_path(key)}"] = v
+    save_file({k: t.contiguous() for k, t in sd.items()}, str(out))
+    return out

@@ -60,7 +60,9 @@ def detect_arch(path: Path) -> str:
     raise InputFileError(path, "not an SD1.5 or SDXL checkpoint (no model.diffusion_model.* keys)")
 
 
-def load_base(name: str | Path, dtype=None) -> Base:
+def load_base(name: str | Path, dtype=None, config_dir: str | Path | None = None) -> Base:
+    """The base model. ``config_dir`` replaces the shipped config folder for single files (a
+    diffusers folder of the same architecture, e.g. for custom or tiny models)."""
     import torch
     from diffusers import DDPMScheduler
 
@@ -77,7 +79,7 @@ def load_base(name: str | Path, dtype=None) -> Base:
         from diffusers import StableDiffusionPipeline as Pipe
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if arch == "sd15" else {}
     try:
-        pipe = Pipe.from_single_file(str(path), config=str(CONFIGS / arch), local_files_only=True,
+        pipe = Pipe.from_single_file(str(path), config=str(config_dir or CONFIGS / arch), local_files_only=True,
                                      torch_dtype=dtype, **kwargs)
     except Exception as e:
         raise InputFileError(path, f"cannot be loaded as an {arch} checkpoint: {type(e).__name__}: {e}") from e

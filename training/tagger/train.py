@@ -454,5 +454,13 @@ def write_model_folder(model, config: dict, tags, metrics: dict, history: list, 
     (out / "threshold.json").write_text(json.dumps(threshold_json(metrics), indent=2))
     (out / "metrics.json").write_text(json.dumps({"best": metrics, "history": history}, indent=1))
     if onnx:
+        import importlib.util
+
+        if importlib.util.find_spec("onnx") is None:
+            # ComfyUI installs often lack the `onnx` package the exporter needs: the folder still
+            # works (torch backend), so a finished training run must not fail here.
+            log("model.onnx not written: the `onnx` package is not installed (pip install onnx); "
+                "the folder loads with the torch backend")
+            return
         size = config["pretrained_cfg"]["input_size"][-1]
         export_onnx(model, out / "model.onnx", size, config["pretrained_cfg"]["mean"], config["pretrained_cfg"]["std"])
