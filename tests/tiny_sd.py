@@ -84,11 +84,18 @@ def make_tiny_single_file(folder: Path, out: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
 
-    from training.lora.kohya import te_module_path, unet_ldm_name
-
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     te = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    sd = single_file_state(unet, vae, te)
+    save_file({k: t.contiguous() for k, t in sd.items()}, str(out))
+    return out
+
+
+def single_file_state(unet, vae, te, dtype=None) -> dict:
+    """SD1.5 components -> one original-layout state dict (see make_tiny_single_file)."""
+    from training.lora.kohya import te_module_path, unet_ldm_name
+
     sd = {}
     for key, v in unet.state_dict().items():
         module, _, leaf = key.rpartition(".")
@@ -102,5 +109,6 @@ def make_tiny_single_file(folder: Path, out: Path) -> Path:
         sd[f"first_stage_model.{_vae_ldm_name(module, levels)}.{leaf}"] = v
     for key, v in te.state_dict().items():
         sd[f"cond_stage_model.transformer.{te_module_path(key)}"] = v
-    save_file({k: t.contiguous() for k, t in sd.items()}, str(out))
-    return out
+    if dtype is not None:
+        sd = {k: v.to(dtype) for k, v in sd.items()}
+    return sd
