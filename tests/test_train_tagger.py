@@ -160,3 +160,19 @@ def test_cli_one_epoch_eva02_tiny_32_images(tmp_path):
         assert set(scores) == set(names)
         for tag, score in scores.items():
             assert abs(score - ours[tag]) < 1e-4, (tag, score, ours[tag])
+
+
+@pytest.mark.slow
+def test_runs_unchanged_under_torchrun_two_processes(dataset, tmp_path):
+    """DDP on CPU (gloo): the same command under torch.distributed.run, no code changes."""
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "tagloom", "train", "tagger", str(dataset), "--out", str(out), "--model-name",
+                        "eva02_large_patch14_448", "--image-size", "56", "--model-args", json.dumps(TINY_ARGS),
+                        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--no-onnx"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('"event": "done"') == 1  # only rank 0 reports and writes
+    start = json.loads(next(l for l in r.stdout.splitlines() if '"event": "start"' in l).split(" ", 1)[1])
+    assert start["total"] == 3  # 18 training images / 2 ranks / batch 4 -> 3 steps per rank
+    assert (out / "model.safetensors").is_file() and (out / "threshold.json").is_file()
