@@ -124,3 +124,19 @@ def test_trained_lora_loader_applies_the_file(comfy_pack, comfy, tmp_path, monke
     assert node().load("m", "c", "", 1.0, 1.0, path=f"{loras}/style.safetensors")[2] == "style.safetensors"
     with pytest.raises(Exception, match="outside models/loras"):
         node().load("m", "c", "", 1.0, 1.0, path=str(tmp_path / "x.safetensors"))
+
+
+def test_training_example_workflows_match_the_nodes(comfy_pack):
+    import json
+
+    from tests_paths import REPO
+
+    m = comfy_pack.NODE_CLASS_MAPPINGS
+    for name in ("train_tagger_api.json", "train_lora_api.json"):
+        api = json.loads((REPO / "example_workflows" / name).read_text())
+        assert any(n["class_type"] == "TagLoomTrain" for n in api.values())
+        for node in api.values():
+            if node["class_type"] in m:
+                spec = m[node["class_type"]].INPUT_TYPES()
+                known = set(spec["required"]) | set(spec.get("optional", {}))
+                assert set(node["inputs"]) <= known and set(spec["required"]) <= set(node["inputs"]), (name, node)
