@@ -76,9 +76,17 @@ def create_network(opts: TaggerOptions, num_classes: int):
     kwargs = dict(opts.model_args)
     pretrained = opts.init == "timm" or (opts.init or "").startswith("hf-hub:")
     name = opts.init if (opts.init or "").startswith("hf-hub:") else opts.model_name
-    probe = timm.create_model(opts.model_name, pretrained=False, num_classes=0) if opts.image_size is None else None
-    size = opts.image_size or int(probe.pretrained_cfg.get("input_size", (3, 448, 448))[-1])
-    del probe
+    if opts.model_name not in timm.list_models():
+        from tagloom.errors import TagLoomError
+
+        raise TagLoomError(f"--model-name {opts.model_name!r}: not a timm model name (see timm.list_models())")
+    if opts.image_size:
+        size = opts.image_size
+    else:  # the model's own input size, read from its registry entry (no weights built)
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(opts.model_name)
+        size = int(cfg.input_size[-1]) if cfg is not None else 224
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, img_size=size, **kwargs)
         kwargs["img_size"] = size
