@@ -295,7 +295,11 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
     from timm.optim import create_optimizer_v2
 
     lr = opts.lr if opts.lr is not None else (2e-3 if opts.optimizer == "lamb" else 1e-4)
-    optimizer = create_optimizer_v2(model, opt=opts.optimizer, lr=lr, weight_decay=opts.weight_decay)
+    extra = {"fused": True} if device.type == "cuda" and opts.optimizer == "adamw" else {}  # one kernel per step
+    optimizer = create_optimizer_v2(model, opt=opts.optimizer, lr=lr, weight_decay=opts.weight_decay, **extra)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 parts (head, loss) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
     per_rank = math.ceil(len(train_ds) / world)
     batches = math.ceil(per_rank / opts.batch_size)
     steps_per_epoch = math.ceil(batches / opts.grad_accum)
