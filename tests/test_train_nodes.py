@@ -41,7 +41,11 @@ def test_train_tagger_node_then_load_it_into_interrogate(comfy_pack, comfy, tmp_
 
     ds = tmp_path / "ds"
     make_dataset(ds, 8)
+    sent = []
+    comfy["server"].PromptServer.instance = types.SimpleNamespace(send_sync=lambda event, data: sent.append((event, data)))
     result = _call(_train_node(comfy_pack), dataset=str(ds))
+    assert sent and all(e == "tagloom.train" for e, _ in sent)  # step/loss events reach the browser
+    assert all("loss" in d and "step" in d and "total" in d for _, d in sent)
     out = result["result"][0]
     from tagloom import config
 
