@@ -176,3 +176,24 @@ def test_runs_unchanged_under_torchrun_two_processes(dataset, tmp_path):
     start = json.loads(next(l for l in r.stdout.splitlines() if '"event": "start"' in l).split(" ", 1)[1])
     assert start["total"] == 3  # 18 training images / 2 ranks / batch 4 -> 3 steps per rank
     assert (out / "model.safetensors").is_file() and (out / "threshold.json").is_file()
+
+
+def test_tar_shards_train_the_same_as_the_folder(dataset, tmp_path):
+    """`prepare --shards N` packs the split into WebDataset-style tars; training from them gives the
+    very weights training from the image files gives."""
+    from safetensors.torch import load_file
+
+    from training.data import prepare as prep
+    from training.data.shards import read_shards
+    from training.tagger.train import train_tagger
+
+    result = prep.prepare(dataset, val_fraction=0.25)
+    folder = prep.write(result, tmp_path / "plain", 1, 0.25, 0)
+    sharded = prep.write(result, tmp_path / "sharded", 1, 0.25, 0, shards=5)
+    tars = sorted((sharded / "shards").glob("train-*.tar"))
+    assert len(tars) == -(-len(result.train) // 5)
+    assert [text for _m, text, _k in read_shards(tars)] == [i.caption for i in result.train]
+    a = train_tagger(_opts(folder, tmp_path / "a", epochs=1))
+    b = train_tagger(_opts(sharded, tmp_path / "b", epochs=1))
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     pp.add_argument("--seed", type=int, default=0)
     pp.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, max 8)")
     pp.add_argument("--tag-db", type=Path, default=None, help="tag database for categories (default: the pack's)")
+    pp.add_argument("--shards", type=int, default=0, metavar="N",
+                    help="also pack images + captions into tar shards of N images (read by the tagger trainer)")
     pp.add_argument("--caption-missing", metavar="MODEL", default=None,
                     help="tag images without a caption file with this tagger model and write their .txt")
     pp.set_defaults(handler=_prepare)
@@ -57,7 +59,7 @@ def _prepare(args: argparse.Namespace) -> int:
     captioner = prep.tagger_captioner(args.caption_missing) if args.caption_missing else None
     result = prep.prepare(args.dataset, args.min_count, args.val_fraction, args.seed, args.workers,
                           args.tag_db, captioner, log=print)
-    prep.write(result, args.out, args.min_count, args.val_fraction, args.seed)
+    prep.write(result, args.out, args.min_count, args.val_fraction, args.seed, args.shards)
     for p in result.problems:
         print(f"{p.kind}: {p.path}: {p.detail}")
     print(f"{len(result.items)} usable images ({len(result.train)} train, {len(result.val)} val), "

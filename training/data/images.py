@@ -19,8 +19,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def load_rgb(path: Path):
-    """The image as an 8-bit RGB PIL image; InputFileError naming the file when it cannot be read."""
+def load_rgb(path, name: str | None = None):
+    """The image (a path or a binary file object) as an 8-bit RGB PIL image; InputFileError naming
+    the file (or ``name``) when it cannot be read."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -39,7 +40,7 @@ def load_rgb(path: Path):
     except InputFileError:
         raise
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
-        raise InputFileError(path, f"cannot be decoded as an image: {type(e).__name__}: {e}") from e
+        raise InputFileError(name or path, f"cannot be decoded as an image: {type(e).__name__}: {e}") from e
 
 
 def file_digest(path: Path) -> str:

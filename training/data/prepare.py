@@ -183,9 +183,20 @@ def write_selected_tags(path: Path, tags: list[tuple[str, int, int]]) -> None:
             w.writerow([i, name, cat, count])
 
 
-def write(prepared: Prepared, out: Path, min_count: int, val_fraction: float, seed: int) -> Path:
+def write(prepared: Prepared, out: Path, min_count: int, val_fraction: float, seed: int, shards: int = 0) -> Path:
+    """Write the prepared dataset; ``shards`` > 0 also packs the usable images and captions into
+    tar shards of that many images (``out/shards/train-*.tar``, ``val-*.tar``), which the tagger
+    trainer then reads instead of the original files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if shards > 0:
+        import shutil
+
+        from training.data.shards import write_shards
+
+        shutil.rmtree(out / "shards", ignore_errors=True)
+        write_shards(prepared.train, out / "shards", "train", shards)
+        write_shards(prepared.val, out / "shards", "val", shards)
     write_selected_tags(out / "selected_tags.csv", prepared.tags)
     (out / "split.json").write_text(json.dumps({
         "root": str(prepared.root.resolve()),

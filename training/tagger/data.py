@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.data.images import load_rgb
+from training.data.shards import ShardMember, open_image
 
 
 def pad_square_resize(im, size: int):
@@ -35,7 +36,7 @@ def to_tensor_bgr(im, mean, std):
 
 
 class TaggerDataset:
-    """A torch-style map dataset over (image path, tag indices)."""
+    """A torch-style map dataset over (image path or tar shard member, tag indices)."""
 
     def __init__(self, paths: list[Path], labels: list[list[int]], num_classes: int, image_size: int,
                  mean, std, augment: bool = False):
@@ -56,7 +57,12 @@ class TaggerDataset:
     def __getitem__(self, i: int):
         import torch
 
-        im = pad_square_resize(load_rgb(self.paths[i]), self.image_size)
+        source = self.paths[i]
+        if isinstance(source, ShardMember):
+            im = open_image(source)
+        else:
+            im = load_rgb(source)
+        im = pad_square_resize(im, self.image_size)
         if self.augment is not None:
             im = self.augment(im)
         y = torch.zeros(self.num_classes, dtype=torch.float32)

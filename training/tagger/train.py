@@ -27,42 +27,55 @@ DEFAULT_STD = (0.5, 0.5, 0.5)
 
 # --- data ---------------------------------------------------------------------------------------
 def load_dataset(opts: TaggerOptions):
-    """(root, train rel paths, val rel paths, tags [(name, category, count)]).
+    """(train [(source, caption)], val [(source, caption)], tags [(name, category, count)]).
 
     ``opts.dataset`` may be a folder prepared by `tagloom train prepare` (split.json +
-    selected_tags.csv) or a raw dataset folder, which is prepared here into OUT/dataset.
+    selected_tags.csv, optionally ``shards/`` tar shards, read instead of the original files) or a
+    raw dataset folder, which is prepared here into OUT/dataset. A source is an image path or a
+    training.data.shards.ShardMember.
     """
     from training.data import prepare as prep
 
     ds = Path(opts.dataset)
-    if (ds / "split.json").is_file() and (ds / "selected_tags.csv").is_file():
-        root, train, val = prep.load_split(ds)
-        return root, train, val, prep.read_selected_tags(ds / "selected_tags.csv")
     prepared_dir = Path(opts.out) / "dataset"
-    if opts.resume and (prepared_dir / "split.json").is_file():
-        root, train, val = prep.load_split(prepared_dir)  # resume with exactly the first run's split
-        return root, train, val, prep.read_selected_tags(prepared_dir / "selected_tags.csv")
-    result = prep.prepare(ds, opts.min_count, opts.val_fraction, opts.seed, log=log)
-    for p in result.problems:
-        log(f"{p.kind}: {p.path}: {p.detail}")
-    if is_main_process():
-        prep.write(result, prepared_dir, opts.min_count, opts.val_fraction, opts.seed)
-    return result.root, [i.rel for i in result.train], [i.rel for i in result.val], result.tags
+    if (ds / "split.json").is_file() and (ds / "selected_tags.csv").is_file():
+        prepared_dir = ds
+    elif not (opts.resume and (prepared_dir / "split.json").is_file()):  # resume keeps the first split
+        result = prep.prepare(ds, opts.min_count, opts.val_fraction, opts.seed, log=log)
+        for p in result.problems:
+            log(f"{p.kind}: {p.path}: {p.detail}")
+        tags = result.tags
+        if is_main_process():
+            prep.write(result, prepared_dir, opts.min_count, opts.val_fraction, opts.seed)
+        return ([(i.path, i.caption or "") for i in result.train], [(i.path, i.caption or "") for i in result.val], tags)
+    tags = prep.read_selected_tags(prepared_dir / "selected_tags.csv")
+    shards = prepared_dir / "shards"
+    if shards.is_dir():
+        from training.data.shards import read_shards
+
+        train = [(m, text) for m, text, _k in read_shards(sorted(shards.glob("train-*.tar")))]
+        val = [(m, text) for m, text, _k in read_shards(sorted(shards.glob("val-*.tar")))]
+        log(f"reading {len(train)} + {len(val)} images from the tar shards in {shards}")
+        return train, val, tags
+    root, train_rels, val_rels = prep.load_split(prepared_dir)
+    return [(root / r, _caption(root / r)) for r in train_rels], [(root / r, _caption(root / r)) for r in val_rels], tags
 
 
-def _labels(root: Path, rels: list[str], index: dict[str, int]) -> list[list[int]]:
-    from training.data.dataset import CAPTION_EXTS, read_caption, split_tags
+def _caption(path: Path) -> str:
+    from training.data.dataset import CAPTION_EXTS, read_caption
+
+    for ext in CAPTION_EXTS:
+        if path.with_suffix(ext).is_file():
+            return read_caption(path.with_suffix(ext))
+    return ""
+
+
+def _labels(captions: list[str], index: dict[str, int]) -> list[list[int]]:
+    from training.data.dataset import canonical_tag, split_tags
     from training.data.prepare import RATING_TAGS
-    from training.data.dataset import canonical_tag
 
     out = []
-    for rel in rels:
-        path = root / rel
-        caption = ""
-        for ext in CAPTION_EXTS:
-            if path.with_suffix(ext).is_file():
-                caption = read_caption(path.with_suffix(ext))
-                break
+    for caption in captions:
         names = {RATING_TAGS.get(canonical_tag(t), canonical_tag(t)) for t in split_tags(caption)}
         out.append(sorted(index[n] for n in names if n in index))
     return out
@@ -273,7 +286,7 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
-    root, train_rels, val_rels, tags = load_dataset(opts)
+    train_items, val_items, tags = load_dataset(opts)
     names = [t[0] for t in tags]
     categories = [t[1] for t in tags]
     index = {n: i for i, n in enumerate(names)}
@@ -286,9 +299,10 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
         model.set_grad_checkpointing(True)
     model.to(device)
 
-    train_ds = TaggerDataset([root / r for r in train_rels], _labels(root, train_rels, index), len(names), size,
-                             mean, std, augment=opts.augment == "trivial")
-    val_ds = TaggerDataset([root / r for r in val_rels], _labels(root, val_rels, index), len(names), size, mean, std)
+    train_ds = TaggerDataset([s for s, _c in train_items], _labels([c for _s, c in train_items], index), len(names),
+                             size, mean, std, augment=opts.augment == "trivial")
+    val_ds = TaggerDataset([s for s, _c in val_items], _labels([c for _s, c in val_items], index), len(names), size,
+                           mean, std)
     if len(train_ds) == 0:
         raise TagLoomError(f"{opts.dataset}: no training images after the split")
 
