@@ -147,6 +147,9 @@ def unused_port_server():
 
     async def posts_json(request):
         state["requests"].append(dict(request.query))
+        if "too many" in request.query.get("tags", ""):
+            return web.json_response({"success": False, "message": "You cannot search for more than 2 tags at a time"},
+                                     status=422)
         state["auth"].append(request.headers.get("Authorization"))
         if not state["throttled"]:
             state["throttled"] = True
@@ -207,6 +210,11 @@ def test_fetch_danbooru_skips_resumes_and_rate_limits(tmp_path, booru, monkeypat
     assert booru["auth"][-1].startswith("Basic ")  # credentials go in a header, never in the URL
     assert all("api_key" not in q for q in booru["requests"])
     assert "s3cret" not in (out / ".danbooru.json").read_text()
+    # a refused search is an error that carries the server's reason
+    from tagloom.errors import TagLoomError
+
+    with pytest.raises(TagLoomError, match="more than 2 tags"):
+        fetch(FetchOptions(tags="too many tags", limit=1, out=tmp_path / "other", base_url=base, rate=50), log=lambda s: None)
     # the dataset it wrote is a valid training set
     result = prep.prepare(out)
     assert len(result.items) == 4 and not result.problems

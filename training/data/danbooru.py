@@ -112,7 +112,9 @@ async def _request(session, limiter: _RateLimiter, url: str, opts: FetchOptions,
                 if resp.status == 401 or resp.status == 403:
                     raise TagLoomError(f"{url}: HTTP {resp.status} (check DANBOORU_LOGIN / DANBOORU_API_KEY)")
                 if resp.status != 200:
-                    raise TagLoomError(f"{url}: HTTP {resp.status}")
+                    # Danbooru explains refusals (e.g. too many tags for an anonymous search) in the body
+                    detail = (await resp.text(errors="replace"))[:300].strip()
+                    raise TagLoomError(f"{url}: HTTP {resp.status}" + (f": {detail}" if detail else ""))
                 return await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             if attempt >= opts.retries:
