@@ -123,6 +123,8 @@ def write(folder: Path, files: dict[str, object]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, str):
             path.write_text(content, encoding="utf-8")
+        elif rel.endswith("vocab.json"):  # one line, as the hub's CLIP tokenizers ship it
+            path.write_text(json.dumps(content, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
         else:
             path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
