@@ -140,6 +140,11 @@ class TagLoomTrain:
 
         from training.launcher import TrainingRun
 
+        from tagloom.errors import TagLoomError
+
+        if mode == "lora" and int(gpus) > 1:
+            # the LoRA trainer is single-process: N copies would train the same file N times
+            raise TagLoomError("gpus: LoRA training runs on one GPU; several GPUs are for the tagger trainer")
         args, out = build_args(mode, dataset, output_name, base_model, epochs, steps, batch_size, learning_rate,
                                resolution, rank, tagger_model_name, resume, extra_args)
         mm.unload_all_models()  # the child needs the GPU memory ComfyUI's models hold

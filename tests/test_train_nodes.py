@@ -74,6 +74,8 @@ def test_failed_child_is_a_node_error(comfy_pack, comfy, tmp_path):
         _call(_train_node(comfy_pack), dataset=str(tmp_path / "empty"))
     with pytest.raises(InputFileError, match="dataset folder not found"):
         _call(_train_node(comfy_pack), dataset=str(tmp_path / "missing"))
+    with pytest.raises(TagLoomError, match="one GPU"):
+        _call(_train_node(comfy_pack), mode="lora", dataset=str(tmp_path / "empty"), gpus=2)
     with pytest.raises(TagLoomError, match="plain name"):
         _call(_train_node(comfy_pack), dataset=str(tmp_path / "empty"), output_name="../evil")
 
