@@ -114,3 +114,34 @@ def join_tags(tags, options: FormatOptions) -> str:
 def split_tag_string(text: str) -> list[str]:
     """A prompt string back into tags (for the filter node): escapes undone, spaces kept."""
     return [t.replace("\\(", "(").replace("\\)", ")") for t in parse_tag_list(text)]
+
+
+def parse_replacements(text: str) -> dict[str, str]:
+    """'old=new' lines (or comma-separated pairs) -> {normalized old: new raw name}."""
+    out: dict[str, str] = {}
+    for line in (text or "").replace(",", "\n").splitlines():
+        if "=" not in line:
+            continue
+        old, new = line.split("=", 1)
+        if old.strip():
+            out[normalize_tag(old)] = new.strip()
+    return out
+
+
+def filter_tag_string(text: str, options: FormatOptions, replace: str = "") -> str:
+    """A prompt string -> filtered/formatted string (the tag-filter node and `tagloom` callers).
+
+    Tags are brought back to raw Danbooru form first (escapes undone, spaces -> underscores except
+    in kaomoji), so the output follows ``options`` whatever style the input had. A replacement to an
+    empty name removes the tag.
+    """
+    repl = parse_replacements(replace)
+    raw = []
+    for tag in split_tag_string(text):
+        key = normalize_tag(tag)
+        if key in repl:
+            if not repl[key]:
+                continue
+            key = normalize_tag(repl[key])
+        raw.append(key if not is_kaomoji(key) else tag.strip())
+    return join_tags(raw, options)
