@@ -35,7 +35,8 @@ def decode_file(path: Path, size: int) -> Decoded:
         from tagloom.caption.model import square_pixels
         from tagloom.tagger.images import load_image
 
-        return Decoded(Path(path), square_pixels(load_image(path), size))
+        # The same reduction hint as Tagger.preprocess_file, so huge JPEGs decode identically.
+        return Decoded(Path(path), square_pixels(load_image(path, max_side_hint=max(size * 2, 1024)), size))
     except Exception as e:  # noqa: BLE001 - every failure becomes a reported reason
         return Decoded(Path(path), None, _reason(e))
 

@@ -57,7 +57,9 @@ class CaptionModel:
         from tagloom.tagger.thresholds import Thresholds, model_thresholds, read_threshold_json
 
         resolved = resolve_model(choice.model, backend or choice.backend)
-        thresholds = model_thresholds(resolved.path, Thresholds())
+        # The same defaults load_tagger uses (a known model may bring its own, e.g. JoyTag's 0.4).
+        base = resolved.spec.thresholds if resolved.spec and resolved.spec.thresholds else Thresholds()
+        thresholds = model_thresholds(resolved.path, base)
         if choice.threshold_json:
             thresholds = read_threshold_json(choice.threshold_json, thresholds)
         try:

@@ -44,12 +44,14 @@ def register(subparsers) -> None:
     g.add_argument("--artist-threshold", type=float, default=None)
     g.add_argument("--caption-threshold", type=float, default=None)
     g.add_argument("--tags-threshold", type=float, default=None)
-    g.add_argument("--mcut", action="store_true", help="MCut automatic thresholds for general and character tags")
+    g.add_argument("--mcut", action="append", choices=["general", "character", "artist"], default=[],
+                   help="MCut automatic threshold for this group (repeatable)")
     g.add_argument("--keep-underscores", action="store_true", help="write long_hair, not long hair")
     g.add_argument("--no-escape", action="store_true", help="do not escape parentheses")
     g.add_argument("--exclude", default=None, help="comma-separated tags never written")
     g.add_argument("--include", default=None, help="comma-separated tags always written first (e.g. a trigger word)")
     g.add_argument("--max-tags", type=int, default=None)
+    g.add_argument("--trailing-comma", action="store_true")
     r = p.add_argument_group("Ray (--engine ray)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this machine; ray: a Ray cluster (one model actor per GPU)")
@@ -93,12 +95,13 @@ def job_from_args(args: argparse.Namespace):
         "general": args.general_threshold, "character": args.character_threshold, "artist": args.artist_threshold,
         "caption": args.caption_threshold, "tags": args.tags_threshold,
     }
-    if args.mcut:
-        thresholds.update(mcut_general=True, mcut_character=True)
+    for group in args.mcut:
+        thresholds[f"mcut_{group}"] = True
     fmt = {
         "replace_underscores": False if args.keep_underscores else None,
         "escape_parentheses": False if args.no_escape else None,
         "exclude": args.exclude, "include": args.include, "max_tags": args.max_tags,
+        "trailing_comma": True if args.trailing_comma else None,
     }
     choice = ModelChoice(
         model=args.model, backend=args.backend, threshold_json=args.threshold_json,
