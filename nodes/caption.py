@@ -40,6 +40,11 @@ class _ComfyProgress:
         if self.bar is not None:
             self.bar.update(n)  # also checks for Cancel
 
+    def check(self) -> None:
+        import comfy.model_management as mm
+
+        mm.throw_exception_if_processing_interrupted()
+
     def close(self) -> None:
         pass
 

@@ -97,6 +97,9 @@ class Progress:
     def advance(self, n: int) -> None:
         pass
 
+    def check(self) -> None:
+        """Called before every batch; raises to cancel (ComfyUI's Cancel, a test)."""
+
     def close(self) -> None:
         pass
 
@@ -271,7 +274,12 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
 
     def write(stage):
         while True:
-            item = results.get()
+            try:
+                item = results.get(timeout=0.1)
+            except queue.Empty:
+                if stage.stop.is_set():  # cancelled: what was queued is written, then stop
+                    return
+                continue
             if item is _END:
                 return
             paths, probs, failed = item
@@ -322,6 +330,7 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
             if item is _END:
                 break
             pixels, paths, failed = item
+            progress.check()
             probs = _predict(engine, pixels, paths, failed) if paths else None
             while not _put(results, (paths, probs, failed), writer):
                 pass
@@ -337,12 +346,7 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
         report()
     finally:
         reader.stop.set()
-        writer.stop.set()
-        if writer.is_alive():
-            try:
-                results.put_nowait(_END)
-            except queue.Full:
-                pass
+        writer.stop.set()  # the writer finishes the batches already computed, then stops
         # Let the reader see the stop flag, then wait for it so no decode thread outlives the job.
         while reader.is_alive():
             try:

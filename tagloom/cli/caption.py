@@ -79,6 +79,9 @@ class TqdmProgress:
         if self.bar is not None:
             self.bar.update(n)
 
+    def check(self) -> None:
+        pass  # Ctrl-C arrives as KeyboardInterrupt
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
