@@ -21,6 +21,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from tagloom.caption.decode import Decoded, decode_file, default_workers
 
 
@@ -115,7 +117,7 @@ class TorchDecoder:
                 if item.pixels is None:
                     failed.append((path, item.error))
                     continue
-                item = torch.from_numpy(item.pixels).permute(2, 0, 1).to(self.device, non_blocking=True)
+                item = torch.from_numpy(np.array(item.pixels)).permute(2, 0, 1).to(self.device, non_blocking=True)
             pixels.append(item)
             ok.append(path)
         batch = torch.stack(pixels) if pixels else None
@@ -123,7 +125,13 @@ class TorchDecoder:
 
     def _decode_jpegs(self, datas: list[bytes]) -> list:
         """Decoded (3, H, W) uint8 tensors on the device, None where the GPU decoder refused one."""
-        import torchvision.io as tio
+        import warnings
+
+        with warnings.catch_warnings():
+            # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they still
+            # work and are what ships beside every torch. Revisit when they are removed.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import torchvision.io as tio
 
         torch = self._torch
         tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
