@@ -40,7 +40,11 @@ def _hook_comfy_unload() -> None:
         try:
             return original(*args, **kwargs)
         finally:
-            cache.free_all()
+            freed = cache.free_all()
+            if freed:
+                import logging
+
+                logging.info("TagLoom: unloaded %d tagger model(s)", freed)
 
     unload_all_models._tagloom_wrapped = True
     unload_all_models.__wrapped__ = original
