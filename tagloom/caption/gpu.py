@@ -88,10 +88,13 @@ class TorchDecoder:
             return e
 
     def decode_batch(self, paths: list[Path]):
+        return self.decode_bytes(paths, list(self._pool.map(self._read, paths)))
+
+    def decode_bytes(self, paths: list[Path], datas: list):
+        """Like decode_batch, for bytes already read (an OSError in place of bytes = unreadable)."""
         from tagloom.tagger.images import max_pixels
 
         torch = self._torch
-        datas = list(self._pool.map(self._read, paths))
         gpu_idx, cpu_idx = [], []
         for i, data in enumerate(datas):
             info = jpeg_info(data) if isinstance(data, bytes) else None
