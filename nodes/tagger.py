@@ -85,6 +85,15 @@ class TagLoomTaggerLoader:
         from tagloom.tagger.cache import TaggerHandle
 
         _hook_comfy_unload()
+        if device == "auto":
+            # Respect ComfyUI's own choice (e.g. started with --cpu on a GPU machine).
+            import comfy.model_management as mm
+
+            try:
+                if mm.get_torch_device().type == "cpu":
+                    device = "cpu"
+            except Exception:
+                pass
         handle = TaggerHandle(model, backend, device)
         handle.get()  # load now so a missing model fails this node, not the next one
         return (handle,)
