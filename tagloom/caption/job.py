@@ -59,7 +59,8 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole job, model loading included
+    load_seconds: float = 0.0  # opening the model and the engine (Ray: the cluster too)
     device: str = ""
     provider: str = ""
     output: str = ""
@@ -67,14 +68,18 @@ class Summary:
 
     @property
     def images_per_second(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
+        """Throughput once the model is loaded (what a bigger folder would see)."""
+        busy = self.seconds - self.load_seconds
+        return self.done / busy if busy > 0 else 0.0
 
     def text(self, max_failures: int = 50) -> str:
         lines = [
             f"done {self.done}, skipped {self.skipped} (caption already there), failed {len(self.failed)} "
-            f"of {self.total} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s on "
-            f"{self.provider or self.device}) -> {self.output}"
+            f"of {self.total} images in {self.seconds:.1f} s (model load {self.load_seconds:.1f} s, then "
+            f"{self.images_per_second:.1f} images/s on {self.provider or self.device}) -> {self.output}"
         ]
+        if self.resumed:
+            lines.append("  (continued an interrupted --overwrite run: captions it had already rewritten were kept)")
         for file, reason in self.failed[:max_failures]:
             lines.append(f"  failed: {file}: {reason}")
         if len(self.failed) > max_failures:
@@ -84,7 +89,7 @@ class Summary:
     def to_json(self) -> dict:
         return {"total": self.total, "done": self.done, "skipped": self.skipped,
                 "failed": [{"file": f, "reason": r} for f, r in self.failed],
-                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 2),
+                "seconds": round(self.seconds, 3), "load_seconds": round(self.load_seconds, 3), "images_per_second": round(self.images_per_second, 2),
                 "device": self.device, "provider": self.provider, "output": self.output}
 
 
@@ -234,12 +239,14 @@ def _put(q: queue.Queue, item, stage: _Stage) -> bool:
 def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progress: Progress) -> None:
     from tagloom.caption.engines import make_engine
 
+    started = time.perf_counter()
     root = Path(job.folder)
     device = resolve_device(job.device)
     model = plan_model(job, device)
     batch_size = job.batch_size or (64 if device.startswith("cuda") else 16)
     engine = make_engine(model, device, job.precision, job.compile, job.threads, batch_size)
     summary.device, summary.provider = device, engine.provider
+    summary.load_seconds = time.perf_counter() - started
     size = model.input_size or engine.input_size
     if not size:
         raise TagLoomError(f"{model.path}: cannot tell the model's input size (no config.json, dynamic ONNX input)")

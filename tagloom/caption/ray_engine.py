@@ -127,6 +127,9 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
     from tagloom.caption.files import relative_name
     from tagloom.caption.job import plan_model
 
+    import time
+
+    started = time.perf_counter()
     root = Path(job.folder)
     ray = _init_ray(job.ray_address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -170,7 +173,11 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
         batch_format="numpy",
     )
     progress.start(len(todo))
+    first = True
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        if first:  # cluster start, actor start and model load end with the first results
+            summary.load_seconds = time.perf_counter() - started
+            first = False
         progress.check()
         for path, row, error in zip(batch["path"], batch["probs"], batch["error"]):
             path = Path(str(path))
