@@ -97,7 +97,12 @@ class TagLoomCaptionFolder:
         from tagloom.caption.folders import resolve_allowed_folder
 
         path = resolve_allowed_folder(folder)
-        if device != "cpu":
+        if device == "auto":  # follow ComfyUI's own device choice (--cpu must be respected)
+            try:
+                device = "cuda" if mm.get_torch_device().type == "cuda" else "cpu"
+            except Exception:
+                device = "auto"
+        if device.startswith("cuda"):
             try:  # make room on the GPU for the tagger and a batch (EVA-02 Large bf16 ~1 GB + activations)
                 mm.free_memory(4 * 1024**3, mm.get_torch_device())
             except Exception:

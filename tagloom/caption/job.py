@@ -123,6 +123,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _ort_has_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:
+        return False
+
+
 def plan_model(job: CaptionJob, device: str) -> CaptionModel:
     """Open the model; on CUDA an 'auto' backend prefers torch (bf16, compile, GPU pixels)."""
     backend = job.model.backend
@@ -243,6 +252,8 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
     root = Path(job.folder)
     device = resolve_device(job.device)
     model = plan_model(job, device)
+    if job.device == "auto" and device.startswith("cuda") and model.backend == "onnx" and not _ort_has_cuda():
+        device = "cpu"  # a GPU, but only the CPU onnxruntime and no torch weights: run where we can
     batch_size = job.batch_size or (64 if device.startswith("cuda") else 16)
     engine = make_engine(model, device, job.precision, job.compile, job.threads, batch_size)
     summary.device, summary.provider = device, engine.provider
