@@ -48,6 +48,9 @@ def test_txt_beside_each_image_with_bad_images_reported(tmp_path, capsys):
     assert "failed: notes.png: is not an image" in err
     assert "img/s" in err  # the progress bar (images/s and ETA)
     assert not list((tmp_path / "ds").glob(".*.tmp"))  # no temporary files left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert good[0].with_suffix(".txt").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_skip_existing_is_default_and_overwrite_replaces(tmp_path, capsys):

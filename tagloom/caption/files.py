@@ -11,6 +11,14 @@ from pathlib import Path
 
 from tagloom.errors import InputFileError
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import, before any worker thread exists
+
 # What PIL reads and dataset folders hold. Caption files (.txt/.json) and everything else are ignored.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"})
 JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif"})
@@ -75,6 +83,11 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); a caption gets the permissions any new file gets.
+        try:
+            os.chmod(tmp, 0o666 & ~_UMASK)
+        except OSError:
+            pass
         os.replace(tmp, path)
     except BaseException:
         try:
