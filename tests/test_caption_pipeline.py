@@ -116,6 +116,24 @@ def test_torch_decoder_matches_pil_within_one_level_and_falls_back(images, tmp_p
     assert np.abs(probs - reference_probs(tiny_model(), images)).max() < 0.05
 
 
+def test_torch_decoder_sends_rotated_jpegs_to_the_exact_cpu_path(tmp_path):
+    """nvjpeg ignores EXIF orientation: a rotated photo must not reach it."""
+    pytest.importorskip("torchvision")
+    from PIL import Image
+
+    from tagloom.caption.gpu import TorchDecoder, jpeg_info
+
+    src = make_good_images(tmp_path, 1, sizes=((120, 60),))[0]
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.open(src).save(rotated, quality=90, exif=exif)
+    assert jpeg_info(rotated.read_bytes())[3] == 6 and jpeg_info(src.read_bytes())[3] == 1
+    with TorchDecoder(56, "cpu", workers=1) as dec:
+        batch, ok, failed = dec.decode_batch([rotated])
+    assert np.array_equal(batch[0].permute(1, 2, 0).numpy(), decode_file(rotated, 56).pixels)
+
+
 def test_job_with_gpu_decoder_and_torch_engine_on_cpu(tmp_path, images):
     """`--decode gpu --backend torch` end to end (the CUDA configuration, on the CPU here)."""
     import shutil

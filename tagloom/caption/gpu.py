@@ -4,10 +4,10 @@ On an H100, PIL on 16 processes decodes ~111 img/s of 1.5 MP JPEGs while nvjpeg 
 (../shared/README.md), so on CUDA the CPU only reads bytes. Per batch:
 
 1. threads read the files' bytes (I/O only);
-2. baseline/progressive 3-channel JPEGs below the pixel limit are decoded together with
+2. baseline/progressive 3-channel JPEGs below the pixel limit, without EXIF rotation, are decoded together with
    ``torchvision.io.decode_jpeg(list, device=cuda)``; if the batch call fails, one by one, and an image
    the GPU cannot decode falls back to the CPU path;
-3. everything else (PNG, WebP, CMYK or huge JPEGs, ...) goes through the CPU path, which is the
+3. everything else (PNG, WebP, CMYK, rotated or huge JPEGs, ...) goes through the CPU path, which is the
    single-image path exactly (tagloom.tagger.images.load_image + the reference geometry);
 4. each GPU image is centred on a white square and resized to the model's size with antialiased
    bicubic (a = -0.5, PIL's kernel), horizontal pass then vertical pass, each rounded to uint8 as PIL
@@ -26,13 +26,15 @@ import numpy as np
 from tagloom.caption.decode import Decoded, decode_file, default_workers
 
 
-def jpeg_info(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) from a JPEG's SOF header, or None when it is not a JPEG we trust
-    the GPU with (not a JPEG, lossless/arithmetic-coded, or a header we cannot read)."""
+def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, components, EXIF orientation) from a JPEG's headers, or None when it is not a
+    JPEG we trust the GPU with (not a JPEG, lossless/arithmetic-coded, or headers we cannot read).
+    Orientation is 1 when the file has none."""
     if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
         return None
     i = 2
     n = len(data)
+    orientation = 1
     while i + 4 <= n:
         if data[i] != 0xFF:
             return None
@@ -44,18 +46,35 @@ def jpeg_info(data: bytes) -> tuple[int, int, int] | None:
             i += 2
             continue
         length = (data[i + 2] << 8) | data[i + 3]
+        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
+            orientation = _exif_orientation(data[i + 10 : i + 2 + length])
         if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
             if i + 9 >= n:
                 return None
             h = (data[i + 5] << 8) | data[i + 6]
             w = (data[i + 7] << 8) | data[i + 8]
-            return w, h, data[i + 9]
+            return w, h, data[i + 9], orientation
         if 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return None  # lossless / arithmetic coding: leave it to libjpeg on the CPU
         if marker == 0xDA:  # start of scan before any frame header
             return None
         i += 2 + length
     return None
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF TIFF block; 1 when absent, 0 when unreadable."""
+    try:
+        order = {b"II": "little", b"MM": "big"}[tiff[:2]]
+        u16 = lambda o: int.from_bytes(tiff[o : o + 2], order)  # noqa: E731
+        ifd = int.from_bytes(tiff[4:8], order)
+        for k in range(u16(ifd)):
+            entry = ifd + 2 + 12 * k
+            if u16(entry) == 0x0112:
+                return u16(entry + 8)
+        return 1
+    except (KeyError, IndexError, ValueError):
+        return 0
 
 
 class TorchDecoder:
@@ -98,7 +117,9 @@ class TorchDecoder:
         gpu_idx, cpu_idx = [], []
         for i, data in enumerate(datas):
             info = jpeg_info(data) if isinstance(data, bytes) else None
-            if info is not None and info[2] == 3 and info[0] * info[1] <= max_pixels():
+            # nvjpeg ignores EXIF orientation (torchvision applies it on the CPU only), so rotated
+            # photos take the CPU path, which turns them upright like the single-image path.
+            if info is not None and info[2] == 3 and info[3] == 1 and info[0] * info[1] <= max_pixels():
                 gpu_idx.append(i)
             else:
                 cpu_idx.append(i)
@@ -140,14 +161,13 @@ class TorchDecoder:
         tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
         kwargs = {"mode": tio.ImageReadMode.RGB, "device": self.device}
         try:
-            # EXIF orientation: torchvision applies it when asked; the CPU path applies it too.
-            frames = tio.decode_jpeg(tensors, apply_exif_orientation=True, **kwargs)
+            frames = tio.decode_jpeg(tensors, **kwargs)
             return list(frames)
         except Exception:
             out = []
             for t in tensors:
                 try:
-                    out.append(tio.decode_jpeg(t, apply_exif_orientation=True, **kwargs))
+                    out.append(tio.decode_jpeg(t, **kwargs))
                 except Exception:
                     out.append(None)
             return out
