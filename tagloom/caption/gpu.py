@@ -88,6 +88,7 @@ class TorchDecoder:
         self.workers = workers or default_workers()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tagloom-read")
         self._torch = torch
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def close(self):
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -110,7 +111,24 @@ class TorchDecoder:
         return self.decode_bytes(paths, list(self._pool.map(self._read, paths)))
 
     def decode_bytes(self, paths: list[Path], datas: list):
-        """Like decode_batch, for bytes already read (an OSError in place of bytes = unreadable)."""
+        """Like decode_batch, for bytes already read (an OSError in place of bytes = unreadable).
+
+        On CUDA the work runs on a side stream, so decoding batch k+1 (in the job's reader thread)
+        overlaps the model running batch k on the default stream; the batch is handed over only
+        once it is complete (stream synchronised), and marked as used by the default stream so the
+        allocator does not recycle it under the model.
+        """
+        if self._stream is None:
+            return self._decode_bytes(paths, datas)
+        torch = self._torch
+        with torch.cuda.stream(self._stream):
+            batch, ok, failed = self._decode_bytes(paths, datas)
+        self._stream.synchronize()
+        if batch is not None:
+            batch.record_stream(torch.cuda.default_stream(self.device))
+        return batch, ok, failed
+
+    def _decode_bytes(self, paths: list[Path], datas: list):
         from tagloom.tagger.images import max_pixels
 
         torch = self._torch
