@@ -163,3 +163,24 @@ def test_cuda_fast_path_matches_reference(tmp_path, images):
         batch, ok, failed = dec.decode_batch(list(images))
     probs = engine.predict(batch)
     assert np.abs(probs - reference_probs(tiny_model(), ok)).max() < 0.05
+
+
+def test_joytag_folder_captions_like_the_single_image_path(tmp_path, images):
+    """The other model family (NCHW, CLIP mean/std, logits; no config.json: size from the ONNX input)."""
+    import shutil
+
+    from tagger_helpers import tiny_joytag
+    from tagloom.tagger import load_tagger
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    for p in images[:5]:
+        shutil.copy(p, root / p.name)
+    summary = run_caption(CaptionJob(root, ModelChoice(model=str(tiny_joytag())), fmt="jsonl", batch_size=2))
+    assert summary.done == 5
+    got = {json.loads(line)["file"]: json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()}
+    tagger = load_tagger(tiny_joytag(), device="cpu")
+    for p in images[:5]:
+        ref = tagger.interpret(tagger.predict(tagger.preprocess_file(root / p.name)[None])[0]).to_json()
+        assert got[p.name]["tags"] == ref["tags"]
+        assert all(abs(got[p.name]["general"][t] - s) < 1e-3 for t, s in ref["general"].items())
