@@ -73,6 +73,8 @@ class Summary:
         return self.done / busy if busy > 0 else 0.0
 
     def text(self, max_failures: int = 50) -> str:
+        if self.total == 0:
+            return "no image files found (.jpg .jpeg .png .webp .bmp .gif .tif .avif; --recursive for sub-folders)"
         lines = [
             f"done {self.done}, skipped {self.skipped} (caption already there), failed {len(self.failed)} "
             f"of {self.total} images in {self.seconds:.1f} s (model load {self.load_seconds:.1f} s, then "
