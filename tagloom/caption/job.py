@@ -309,9 +309,13 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
                 if isinstance(probs, list) and probs[i] is None:
                     continue  # failed in the engine, already reported
                 try:
-                    sink.write(path, model.interpret(probs[i], file=relative_name(path, root)))
-                except Exception as e:  # noqa: BLE001 - a disk/permission problem on one caption
+                    result = model.interpret(probs[i], file=relative_name(path, root))
+                    sink.write(path, result)
+                except OSError as e:  # a disk/permission problem on one caption
                     fail(path, f"cannot write its caption: {e}")
+                    continue
+                except Exception as e:  # noqa: BLE001 - never let one image stop the run
+                    fail(path, f"{type(e).__name__}: {e}")
                     continue
                 with lock:
                     summary.done += 1
@@ -352,6 +356,9 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
             pixels, paths, failed = item
             progress.check()
             probs = _predict(engine, pixels, paths, failed) if paths else None
+            if isinstance(probs, np.ndarray) and probs.shape[-1] != len(model.labels):
+                raise TagLoomError(f"{model.path}: the model gives {probs.shape[-1]} scores per image but its "
+                                   f"label list has {len(model.labels)} tags (a selected_tags.csv from another model?)")
             while not _put(results, (paths, probs, failed), writer):
                 pass
             if writer.error:
