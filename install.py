@@ -7,18 +7,23 @@
 
 Rules: idempotent and quick when everything is present (only package metadata is read: no torch
 import, no network); never installs, upgrades or downgrades torch/torchvision/torchaudio/xformers
-(the installed torch is pinned as a constraint so no dependency can move it; without torch, the
-torch-only extras are skipped); on CUDA hosts onnxruntime-gpu instead of onnxruntime, and because
+(without torch, the torch-only packages are skipped); on CUDA hosts onnxruntime-gpu instead of onnxruntime, and because
 both packages write the same ``onnxruntime/`` folder (the last install wins silently), a GPU host
 whose ONNX Runtime lost its CUDA provider gets ``--force-reinstall --no-deps onnxruntime-gpu``.
 ``onnxruntime`` is never uninstalled (that would delete the shared files).
-Environment: TAGLOOM_INSTALL_DRY_RUN=1 = --dry-run; TAGLOOM_INSTALL_CUDA=0/1 forces the host kind.
+Packages the environment already has are never moved: each pip call pins every installed package
+(not only torch) as a constraint, so TagLoom only adds packages. A requirement that cannot be added
+that way is reported, its TagLoom features stay off, and it is not retried at the next launch until
+the environment changes (``--retry`` forces it).
+Environment: TAGLOOM_INSTALL_DRY_RUN=1 = --dry-run; TAGLOOM_INSTALL_CUDA=0/1 forces the host kind;
+TAGLOOM_INSTALL_REQUIREMENTS / TAGLOOM_INSTALL_STATE override the requirements and state files.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -139,8 +144,13 @@ def plan(requirements: list[str], installed: dict[str, str], cuda: bool, ort_cud
     return steps
 
 
-def torch_constraints(installed: dict[str, str]) -> list[str]:
-    return [f"{name}=={installed[name]}" for name in sorted(TORCH_FAMILY) if name in installed]
+def host_constraints(installed: dict[str, str], installing: list[str]) -> list[str]:
+    """Pin every installed package except the ones this step installs: TagLoom adds packages to
+    the host's environment but never moves one the host already has. Measured on the A1111 WebUI
+    1.10 venv: unconstrained, chromadb/ollama would upgrade pydantic 1.10 -> 2.x and protobuf
+    3.20 -> 7.x under gradio 3.41 and break the WebUI; pinned, pip picks versions that fit or fails."""
+    skip = {req_name(r) for r in installing}
+    return [f"{name}=={version}" for name, version in sorted(installed.items()) if name not in skip]
 
 
 def webui_launch():
@@ -154,47 +164,114 @@ def webui_launch():
     return launch if hasattr(launch, "run_pip") and hasattr(launch, "is_installed") else None
 
 
-def run_steps(steps: list[list[str]], installed: dict[str, str], dry_run: bool) -> int:
+def _pip(launch, args: list[str]) -> bool:
+    try:
+        if launch is not None:
+            launch.run_pip(" ".join(shlex.quote(a) for a in args), "TagLoom requirements")
+        else:
+            subprocess.check_call([sys.executable, "-m", "pip", *args])
+        return True
+    except (subprocess.CalledProcessError, RuntimeError) as e:  # run_pip raises RuntimeError
+        print(f"TagLoom: pip failed: {str(e).strip().splitlines()[0] if str(e).strip() else e}")
+        return False
+
+
+def run_steps(steps: list[list[str]], installed: dict[str, str], dry_run: bool, failed: list | None = None) -> int:
+    """Run the plan. A step that cannot be satisfied without moving the host's packages is retried
+    package by package; what still does not fit is reported (its features stay off) and the rest
+    is installed. Returns 0, or 1 when something could not be installed."""
     if not steps:
         print("TagLoom: requirements already satisfied")
         return 0
-    constraints = torch_constraints(installed)
-    cfile = None
-    if constraints:
-        cfile = tempfile.NamedTemporaryFile("w", suffix="-tagloom-constraints.txt", delete=False)
-        cfile.write("\n".join(constraints) + "\n")
-        cfile.close()
     launch = webui_launch()
-    try:
-        for args in steps:
-            full = list(args) + (["-c", cfile.name] if cfile and "--no-deps" not in args else [])
-            shown = "pip " + " ".join(shlex.quote(a) for a in args)
-            if constraints and "--no-deps" not in args:
-                shown += "   (constraint: " + ", ".join(constraints) + ")"
-            if dry_run:
-                print(f"TagLoom (dry run) would run: {shown}")
+    failed = [] if failed is None else failed
+    for args in steps:
+        no_deps = "--no-deps" in args
+        names = [a for a in args[1:] if not a.startswith("-")]
+        pins = [] if no_deps else host_constraints(installed, names)
+        shown = "pip " + " ".join(shlex.quote(a) for a in args)
+        if pins:
+            shown += f"   (constraints: the {len(pins)} installed packages, torch family included, kept as they are)"
+        if dry_run:
+            print(f"TagLoom (dry run) would run: {shown}")
+            continue
+        print(f"TagLoom: {shown}")
+        cfile = None
+        try:
+            extra: list[str] = []
+            if pins:
+                cfile = tempfile.NamedTemporaryFile("w", suffix="-tagloom-constraints.txt", delete=False)
+                cfile.write("\n".join(pins) + "\n")
+                cfile.close()
+                extra = ["-c", cfile.name]
+            if _pip(launch, list(args) + extra):
                 continue
-            print(f"TagLoom: {shown}")
-            if launch is not None:
-                launch.run_pip(" ".join(shlex.quote(a) for a in full), "TagLoom requirements")
+            if len(names) > 1:
+                for name in names:
+                    if not _pip(launch, ["install", name, *extra]):
+                        failed.append(name)
             else:
-                subprocess.check_call([sys.executable, "-m", "pip", *full])
-    finally:
-        if cfile:
-            os.unlink(cfile.name)
+                failed.extend(names)
+        finally:
+            if cfile:
+                os.unlink(cfile.name)
+    if failed:
+        print("TagLoom: could not install " + ", ".join(failed) + " without changing packages this "
+              "environment already has; the TagLoom features that need them stay unavailable "
+              "(see docs/install.md)")
+        return 1
     return 0
+
+
+def state_path() -> str:
+    """Where we remember what could not be installed (inside the environment we install into, so
+    each Python environment has its own; outside the repository)."""
+    return os.environ.get("TAGLOOM_INSTALL_STATE") or os.path.join(sys.prefix, ".tagloom-install-state.json")
+
+
+def state_key(requirements: list[str], installed: dict[str, str], cuda: bool) -> str:
+    import hashlib
+
+    blob = json.dumps([requirements, sorted(installed.items()), cuda])
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     dry_run = "--dry-run" in argv or os.environ.get("TAGLOOM_INSTALL_DRY_RUN") == "1"
+    req_file = os.environ.get("TAGLOOM_INSTALL_REQUIREMENTS") or os.path.join(HERE, "requirements.txt")
+    requirements = read_requirements(req_file)
     installed = installed_versions()
     cuda = cuda_host(installed)
-    steps = plan(read_requirements(os.path.join(HERE, "requirements.txt")), installed, cuda, ort_has_cuda())
     if "torch" not in installed:
         print("TagLoom: torch is not installed; the torch backend and training stay unavailable "
               "(ComfyUI and the WebUI bring torch; TagLoom never installs it)")
-    return run_steps(steps, installed, dry_run)
+    steps = plan(requirements, installed, cuda, ort_has_cuda())
+    if not steps:
+        print("TagLoom: requirements already satisfied")
+        return 0
+    key = state_key(requirements, installed, cuda)
+    try:
+        with open(state_path(), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        state = {}
+    if state.get("key") == key and not dry_run and "--retry" not in argv:
+        # Nothing changed since a failed attempt: do not re-resolve at every WebUI launch.
+        print("TagLoom: not retrying " + ", ".join(state.get("failed", [])) + " (could not be installed last "
+              "time without changing this environment's packages; run install.py --retry to try again)")
+        return 0
+    rc = run_steps(steps, installed, dry_run, failed_out := [])
+    if not dry_run:
+        try:
+            if failed_out:
+                with open(state_path(), "w", encoding="utf-8") as f:
+                    json.dump({"key": state_key(requirements, installed_versions(), cuda), "failed": failed_out}, f)
+            elif os.path.exists(state_path()):
+                os.unlink(state_path())
+        except OSError:
+            pass
+    return rc
 
 
 if __name__ == "__main__":

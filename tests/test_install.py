@@ -47,9 +47,9 @@ def test_cuda_host_whose_ort_lost_cuda_is_repaired_without_uninstalling():
     assert all("uninstall" not in s for s in steps)
 
 
-def test_torch_is_pinned_as_constraint():
-    assert install.torch_constraints({"torch": "2.5.1+cu124", "torchvision": "0.20", "numpy": "2"}) == [
-        "torch==2.5.1+cu124", "torchvision==0.20"]
+def test_every_installed_package_is_pinned_except_what_is_installed():
+    pins = install.host_constraints({"torch": "2.5.1+cu124", "pydantic": "1.10.27", "numpy": "1.26"}, ["numpy>=2"])
+    assert pins == ["pydantic==1.10.27", "torch==2.5.1+cu124"]
 
 
 def _env(**extra):
@@ -84,3 +84,41 @@ def test_webui_host_uses_launch_run_pip(tmp_path):
     assert calls, out.stdout
     assert all(c[0].startswith("install") and (" -c " in c[0] or "--no-deps" in c[0]) for c in calls)
     assert any("onnxruntime-gpu" in c[0] for c in calls)
+
+
+def _fake_webui(tmp_path, fail_on=()):
+    """A stand-in for the WebUI's launch module: run_pip records the call, and raises (as the real
+    one does when pip fails) for commands naming a package in ``fail_on``."""
+    (tmp_path / "modules").mkdir(exist_ok=True)
+    (tmp_path / "modules" / "__init__.py").write_text("")
+    log = tmp_path / "calls.jsonl"
+    (tmp_path / "launch.py").write_text(
+        "import json\n"
+        "def is_installed(name):\n    return True\n"
+        "def run_pip(command, desc=None):\n"
+        f"    open({str(log)!r}, 'a').write(json.dumps(command) + '\\n')\n"
+        f"    if any(p in command.split() for p in {list(fail_on)!r}):\n"
+        "        raise RuntimeError('ResolutionImpossible')\n"
+    )
+    return log
+
+
+def test_a_package_that_does_not_fit_is_reported_and_not_retried_every_launch(tmp_path):
+    log = _fake_webui(tmp_path, fail_on=["tagloom-test-pkg-b"])
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("numpy\ntagloom-test-pkg-a\ntagloom-test-pkg-b\n")
+    env = _env(PYTHONPATH=str(tmp_path), TAGLOOM_INSTALL_CUDA="0", TAGLOOM_INSTALL_REQUIREMENTS=str(reqs),
+               TAGLOOM_INSTALL_STATE=str(tmp_path / "state.json"))
+    run = lambda *a: subprocess.run([sys.executable, str(REPO / "install.py"), *a], capture_output=True, text=True,
+                                    cwd=tmp_path, env=env, timeout=60)
+    out = run()
+    assert out.returncode == 1
+    assert "could not install tagloom-test-pkg-b" in out.stdout
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    # together first (fails), then one by one: a is installed, b reported
+    assert calls[0].startswith("install tagloom-test-pkg-a tagloom-test-pkg-b -c ")
+    assert calls[1].startswith("install tagloom-test-pkg-a -c ") and calls[2].startswith("install tagloom-test-pkg-b -c ")
+    # the next launch, nothing changed: no pip at all, quick
+    out2 = run()
+    assert out2.returncode == 0 and "not retrying tagloom-test-pkg-b" in out2.stdout
+    assert len(log.read_text().splitlines()) == 3

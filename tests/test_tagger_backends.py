@@ -119,6 +119,16 @@ def test_joytag_folder_io():
         load_tagger(d, backend="torch")
 
 
+def test_joytag_hub_snapshot_without_onnx_is_a_clear_error(tmp_path):
+    # The hub repo also holds JoyTag's own config.json + model.safetensors (not a timm model).
+    d = tiny_joytag(tmp_path / "joytag")
+    (d / "model.onnx").unlink()
+    (d / "config.json").write_text('{"image_size": 448}')
+    (d / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InputFileError, match="model.onnx"):
+        load_tagger(d)
+
+
 def test_known_names_resolve():
     assert registry.find_spec("SmilingWolf/wd-eva02-large-tagger-v3").short_name == "wd-eva02-large-tagger-v3"
     assert registry.find_spec("wd-vit-tagger-v3").repo_id == "SmilingWolf/wd-vit-tagger-v3"

@@ -18,7 +18,6 @@ What is handled and how (docs/tagger.md repeats this for users):
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from pathlib import Path
@@ -37,11 +36,14 @@ _bomb_lock = threading.Lock()
 
 
 def max_pixels() -> int:
-    env = os.environ.get("TAGLOOM_MAX_IMAGE_PIXELS")
-    if env:
+    """Setting ``max_image_pixels`` (env TAGLOOM_MAX_IMAGE_PIXELS or config.toml), else MAX_PIXELS."""
+    from tagloom import config
+
+    value = config.setting("max_image_pixels")
+    if value not in (None, ""):
         try:
-            return int(float(env))
-        except ValueError:
+            return int(float(value))
+        except (TypeError, ValueError):
             pass
     return MAX_PIXELS
 

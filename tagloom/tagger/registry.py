@@ -110,6 +110,10 @@ def backend_for_dir(model_dir: Path, backend: str) -> str:
             missing = "model.safetensors" if not (model_dir / "model.safetensors").is_file() else "config.json"
             raise InputFileError(model_dir / missing, "missing: the torch backend needs config.json and model.safetensors")
         return "torch"
+    if family_of_dir(model_dir) == "joytag":
+        if not has_onnx:
+            raise InputFileError(model_dir / "model.onnx", "missing: JoyTag runs from its model.onnx (its network is not a timm model)")
+        return "onnx"
     if has_onnx and (_onnxruntime_available() or not has_torch):
         return "onnx"
     if has_torch:
