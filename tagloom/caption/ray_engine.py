@@ -150,14 +150,17 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
     ctx.print_on_execution_start = False
     items = [{"path": str(p)} for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 1000)))
-    # max_retries: a read that hits a flaky network mount is retried. It also keeps Ray Data from
-    # fusing this stage into the model actors (fusion needs identical remote args), which would
-    # decode serially inside the actor instead of on every CPU of the cluster.
+    # A decode task holds one full-size image at a time (~64 MB for large photos) plus its output
+    # batch. Declaring that memory also keeps Ray Data from fusing this stage into the model actors
+    # (fusion needs identical resource requests), which would decode serially inside the actor
+    # instead of on every CPU of the cluster.
+    task_memory = 64 * 2**20 + batch_size * size * size * 3
     if gpu_decode:
-        ds = ds.map_batches(_read_bytes, batch_size=batch_size, batch_format="numpy", num_cpus=0.5, max_retries=3)
+        ds = ds.map_batches(_read_bytes, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
+                            memory=task_memory)
     else:
         ds = ds.map_batches(_read_and_decode, fn_kwargs={"size": size}, batch_size=batch_size,
-                            batch_format="numpy", num_cpus=1, max_retries=3)
+                            batch_format="numpy", num_cpus=1, memory=task_memory)
     cpus_per_actor = 1 if device == "cuda" else (job.threads or 1)
     ds = ds.map_batches(
         CaptionActor,
