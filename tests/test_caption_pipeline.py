@@ -163,6 +163,15 @@ def test_cuda_fast_path_matches_reference(tmp_path, images):
         batch, ok, failed = dec.decode_batch(list(images))
     probs = engine.predict(batch)
     assert np.abs(probs - reference_probs(tiny_model(), ok)).max() < 0.05
+    # The whole job with the CUDA defaults (torch backend, bf16 weights, nvjpeg decoding).
+    import shutil
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    for p in images:
+        shutil.copy(p, root / p.name)
+    summary = run_caption(CaptionJob(root, ModelChoice(model=str(tiny_model())), device="cuda", batch_size=8))
+    assert summary.done == len(images) and summary.provider.startswith("torch:cuda"), summary.text()
 
 
 def test_joytag_folder_captions_like_the_single_image_path(tmp_path, images):
