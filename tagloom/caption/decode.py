@@ -3,7 +3,8 @@
 The pixels are the wd-v3 reference preprocessing stopped just before the float conversion:
 alpha composited on white, padded to a centred white square, bicubic-resized to the model's input
 size, as uint8 RGB (S, S, 3). Stopping at uint8 is exact (PIL's resize works in uint8) and moves a
-quarter of the bytes between processes and to the GPU; `to_wd_input` makes the float BGR batch.
+quarter of the bytes between processes and to the GPU; the engines make the model's float input
+(tagloom.caption.engines.to_model_input).
 
 A worker never raises: it returns (pixels, None) or (None, reason), so one bad image is reported
 and the run goes on.
@@ -48,11 +49,6 @@ def _reason(e: Exception) -> str:
         return e.problem
     text = str(e) or type(e).__name__
     return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
-
-
-def to_wd_input(pixels: np.ndarray) -> np.ndarray:
-    """uint8 RGB (B, S, S, 3) -> float32 BGR 0..255 NHWC, the wd ONNX input convention."""
-    return np.ascontiguousarray(pixels[..., ::-1], dtype=np.float32)
 
 
 def default_workers() -> int:
