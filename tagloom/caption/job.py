@@ -260,20 +260,27 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
     engine = make_engine(model, device, job.precision, job.compile, job.threads, batch_size)
     summary.device, summary.provider = device, engine.provider
     summary.load_seconds = time.perf_counter() - started
-    size = model.input_size or engine.input_size
-    if not size:
-        raise TagLoomError(f"{model.path}: cannot tell the model's input size (no config.json, dynamic ONNX input)")
-    decode = job.decode if job.decode != "auto" else ("gpu" if device.startswith("cuda") and engine.name == "torch" else "cpu")
-    if decode == "gpu":
-        from tagloom.caption.gpu import TorchDecoder
+    try:
+        size = model.input_size or engine.input_size
+        if not size:
+            raise TagLoomError(f"{model.path}: cannot tell the model's input size (no config.json, dynamic ONNX input)")
+        decode = job.decode if job.decode != "auto" else ("gpu" if device.startswith("cuda") and engine.name == "torch" else "cpu")
+        if decode == "gpu":
+            from tagloom.caption.gpu import TorchDecoder
 
-        decoder = TorchDecoder(size, device, job.workers)
-        batches = lambda: _gpu_batches(decoder, todo, batch_size)  # noqa: E731
-    else:
-        from tagloom.caption.decode import CpuDecoder
+            try:
+                decoder = TorchDecoder(size, device, job.workers)
+            except ImportError as e:
+                raise TagLoomError(f"--decode gpu needs torch and torchvision: {e}") from e
+            batches = lambda: _gpu_batches(decoder, todo, batch_size)  # noqa: E731
+        else:
+            from tagloom.caption.decode import CpuDecoder
 
-        decoder = CpuDecoder(size, job.workers, job.decode_mode)
-        batches = lambda: _cpu_batches(decoder, todo, batch_size)  # noqa: E731
+            decoder = CpuDecoder(size, job.workers, job.decode_mode)
+            batches = lambda: _cpu_batches(decoder, todo, batch_size)  # noqa: E731
+    except BaseException:
+        engine.close()
+        raise
 
     decoded: queue.Queue = queue.Queue(maxsize=2)
     results: queue.Queue = queue.Queue(maxsize=4)
