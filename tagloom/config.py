@@ -43,6 +43,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "search_device": ("auto", "device for torch embedders: auto, cpu, cuda"),
     "chroma_host": ("", "a chromadb server (HttpClient) instead of the embedded PersistentClient; empty = embedded"),
     "chroma_port": (8000, "the chromadb server's port"),
+    "caption_roots": ("", "extra folders the caption node may use, os.pathsep-separated (input/ and output/ always)"),
     "hf_offline": (False, "never contact the Hugging Face hub; use only files already present"),
 }
 
