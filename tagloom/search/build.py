@@ -10,8 +10,10 @@ embedders); every batch is committed before the next, so a stop loses at most on
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,9 +36,12 @@ def build_index(
     rebuild: bool = False,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    colbert: bool = True,
 ) -> dict:
     """Build or update the index. ``limit``: only the most popular N tags (subsets for tests and
-    benchmarks). Returns counts and timings."""
+    benchmarks). ``colbert=False`` skips storing BGE-M3's ColBERT vectors (about 2 KB per token in
+    float16 — gigabytes for the full Danbooru list); queries then fuse dense and sparse only.
+    Returns counts and timings."""
     db_path = Path(db_path) if db_path else default_path()
     emb = get_embedder(embedder, device=device)
     folder = index_dir(db_path, emb.spec)
@@ -64,50 +69,52 @@ def build_index(
             with conn:
                 conn.executemany("DELETE FROM entries WHERE tag_id=?", [(i,) for i in chunk])
                 conn.executemany("DELETE FROM postings WHERE tag_id=?", [(i,) for i in chunk])
+    cpath = folder / "colbert.f16"
+    if emb.has_colbert and _get_info(conn, "colbert", True) != bool(colbert):
+        # Switching ColBERT storage on or off changes what every entry points to: embed all again.
+        conn.execute("DELETE FROM entries")
+        conn.commit()
+        todo = list(texts)
     _set_info(conn, spec=emb.spec, slug=emb.slug, dim=emb.dim, collection=name, has_sparse=emb.has_sparse,
-              has_colbert=emb.has_colbert, model=emb.info.get("model"))
+              has_colbert=emb.has_colbert, colbert=bool(colbert and emb.has_colbert), model=emb.info.get("model"))
 
     todo.sort(key=lambda i: len(texts[i]))
-    bs = batch_size or (256 if emb.device.startswith("cuda") else 32)
-    cpath = folder / "colbert.f16"
+    bs = batch_size or (512 if emb.device.startswith("cuda") else 32)
     done = 0
     t_embed = 0.0
     if progress:
         progress(0, len(todo))
-    for s in range(0, len(todo), bs):
-        if should_stop and should_stop():
-            raise CancelledError(f"index build stopped after {done} of {len(todo)} tags; run it again to resume")
-        ids = todo[s:s + bs]
-        t1 = time.perf_counter()
-        enc = emb.encode([texts[i] for i in ids], is_query=False, batch_size=bs)
-        t_embed += time.perf_counter() - t1
-        coll.upsert(ids=[str(i) for i in ids], embeddings=enc.dense.astype(np.float32))
-        rows = []
-        with conn:
-            if enc.colbert is not None:
-                row_bytes = 2 * emb.dim
-                size = cpath.stat().st_size if cpath.exists() else 0
-                if size % row_bytes:  # a write cut short by a crash: drop the partial row
-                    with cpath.open("r+b") as f:
-                        f.truncate(size - size % row_bytes)
-                with cpath.open("ab") as f:
-                    start = f.tell() // row_bytes
-                    for i, vecs in zip(ids, enc.colbert):
-                        f.write(np.ascontiguousarray(vecs, dtype=np.float16).tobytes())
-                        rows.append((i, hashes[i], start, len(vecs)))
-                        start += len(vecs)
-            else:
-                rows = [(i, hashes[i], None, None) for i in ids]
-            if enc.sparse is not None:
-                conn.executemany("DELETE FROM postings WHERE tag_id=?", [(i,) for i in ids])
-                conn.executemany(
-                    "INSERT INTO postings(token_id, tag_id, weight) VALUES (?, ?, ?)",
-                    [(tok, i, w) for i, weights in zip(ids, enc.sparse) for tok, w in weights.items()],
-                )
-            conn.executemany("INSERT OR REPLACE INTO entries(tag_id, hash, c_start, c_len) VALUES (?, ?, ?, ?)", rows)
-        done += len(ids)
-        if progress:
-            progress(done, len(todo))
+    # Embedding (GPU or the C engine) and storing (chromadb's HNSW insert, SQLite) overlap: a writer
+    # thread stores batch n while batch n+1 is embedded. On a GPU the store is the slow half, so
+    # the build takes about as long as chromadb's inserts instead of the sum of both.
+    keep_colbert = colbert and emb.has_colbert
+    if not keep_colbert and cpath.exists():
+        cpath.unlink()  # a previous build's vectors would no longer match the entries
+
+    def store(ids, enc):
+        if not keep_colbert:
+            enc.colbert = None
+        _store(coll, conn, cpath, emb.dim, hashes, ids, enc)
+
+    writer = _Writer(store)
+    try:
+        for s in range(0, len(todo), bs):
+            if should_stop and should_stop():
+                writer.finish()
+                raise CancelledError(f"index build stopped after {writer.stored} of {len(todo)} tags; run it again to resume")
+            ids = todo[s:s + bs]
+            t1 = time.perf_counter()
+            enc = emb.encode([texts[i] for i in ids], is_query=False, batch_size=bs)
+            t_embed += time.perf_counter() - t1
+            writer.put(ids, enc)
+            done += len(ids)
+            if progress:
+                progress(writer.stored, len(todo))
+        writer.finish()
+    finally:
+        writer.close()
+    if progress:
+        progress(done, len(todo))
     count = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
     _set_info(conn, count=count, built_at=time.time())
     conn.close()
@@ -119,6 +126,83 @@ def build_index(
         "seconds": round(total, 2), "embed_seconds": round(t_embed, 2),
         "tags_per_second": round(done / total, 1) if done and total else None,
     }
+
+
+def _store(coll, conn: sqlite3.Connection, cpath: Path, dim: int, hashes: dict, ids: list[int], enc) -> None:
+    """One embedded batch into chromadb, the sparse postings, the ColBERT file and ``entries`` — in
+    that order, so an entry (and its hash) exists only once everything it points to is written."""
+    coll.upsert(ids=[str(i) for i in ids], embeddings=enc.dense.astype(np.float32))
+    rows = []
+    with conn:
+        if enc.colbert is not None:
+            row_bytes = 2 * dim
+            size = cpath.stat().st_size if cpath.exists() else 0
+            if size % row_bytes:  # a write cut short by a crash: drop the partial row
+                with cpath.open("r+b") as f:
+                    f.truncate(size - size % row_bytes)
+            with cpath.open("ab") as f:
+                start = f.tell() // row_bytes
+                for i, vecs in zip(ids, enc.colbert):
+                    f.write(np.ascontiguousarray(vecs, dtype=np.float16).tobytes())
+                    rows.append((i, hashes[i], start, len(vecs)))
+                    start += len(vecs)
+        else:
+            rows = [(i, hashes[i], None, None) for i in ids]
+        if enc.sparse is not None:
+            conn.executemany("DELETE FROM postings WHERE tag_id=?", [(i,) for i in ids])
+            conn.executemany(
+                "INSERT INTO postings(token_id, tag_id, weight) VALUES (?, ?, ?)",
+                [(tok, i, w) for i, weights in zip(ids, enc.sparse) for tok, w in weights.items()],
+            )
+        conn.executemany("INSERT OR REPLACE INTO entries(tag_id, hash, c_start, c_len) VALUES (?, ?, ?, ?)", rows)
+
+
+class _Writer:
+    """Runs ``store(ids, enc)`` on a background thread, two batches deep; an error there is raised
+    in the caller at its next ``put`` or ``finish``."""
+
+    def __init__(self, store):
+        self._store = store
+        self._q: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self.stored = 0
+        self._thread = threading.Thread(target=self._run, name="tagloom-index-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._store(*item)
+                    self.stored += len(item[0])
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    self._error = e
+
+    def _check(self):
+        if self._error is not None:
+            raise self._error
+
+    def put(self, ids, enc):
+        self._check()
+        self._q.put((ids, enc))
+
+    def finish(self):
+        self._q.put(None)
+        self._thread.join()
+        self._check()
+
+    def close(self):
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+
+
+def _get_info(conn: sqlite3.Connection, key: str, default=None):
+    row = conn.execute("SELECT value FROM info WHERE key=?", (key,)).fetchone()
+    return json.loads(row[0]) if row else default
 
 
 def _set_info(conn: sqlite3.Connection, **kv) -> None:

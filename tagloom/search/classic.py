@@ -18,14 +18,21 @@ from dataclasses import dataclass
 import numpy as np
 
 # Key kinds, in the order results are preferred when one tag matches several ways.
-NAME, ALIAS, WORD = 0, 1, 2
-KIND_REASON = {NAME: "prefix", ALIAS: "alias", WORD: "word"}
+NAME, ALIAS, TRANSLATION, WORD = 0, 1, 2, 3
+KIND_REASON = {NAME: "prefix", ALIAS: "alias", TRANSLATION: "translation", WORD: "word"}
 
 _UNDERSCORES = re.compile(r"_+")
+_NEEDS_WORK = re.compile(r"[A-Z\s\\]|__|^_|_$")
+
+
+def _CLEAN(text: str) -> bool:
+    return text.isascii() and not _NEEDS_WORK.search(text) if text else True
 
 
 def normalize(text: str) -> str:
     """``Long  Hair`` -> ``long_hair``; ``\\(foo\\)`` -> ``(foo)`` (prompt escapes are typed, not tags)."""
+    if _CLEAN(text):  # stored names and aliases are already canonical: skip the regexes (140k at load)
+        return text
     text = text.strip().lower().replace("\\", "")
     text = _UNDERSCORES.sub("_", re.sub(r"\s+", "_", text))
     return text
@@ -43,7 +50,8 @@ class Hit:
 class ClassicIndex:
     """Sorted keys over tag names, aliases and the word starts inside names."""
 
-    def __init__(self, names: list[str], aliases: list[list[str]], post_counts: np.ndarray):
+    def __init__(self, names: list[str], aliases: list[list[str]], post_counts: np.ndarray,
+                 translations: list[list[str]] | None = None):
         self.post_count = np.asarray(post_counts, dtype=np.int64)
         direct: list[tuple[str, int, int]] = []
         words: list[tuple[str, int, int]] = []
@@ -55,10 +63,13 @@ class ClassicIndex:
                 words.append((key[m.end():], WORD, i))
             for alias in aliases[i]:
                 direct.append((normalize(alias), ALIAS, i))
+            # Translations complete like aliases, so 双马 finds twintails without a semantic index.
+            for text in translations[i] if translations else ():
+                direct.append((normalize(text), TRANSLATION, i))
         # Two sorted tables (names+aliases, word starts) so a range never needs filtering by kind.
         self.direct = _Table(direct, self.post_count)
         self.words = _Table(words, self.post_count)
-        self.alphabet = sorted({c for k in self.direct.keys for c in k if c.isascii()} - {"\\"})
+        self.alphabet = sorted({c for c in set("".join(self.direct.keys)) if c.isascii()} - {"\\"})
 
     def __len__(self) -> int:
         return len(self.direct.keys) + len(self.words.keys)
@@ -137,13 +148,14 @@ class _Table:
 
     def __init__(self, entries: list[tuple[str, int, int]], post_count: np.ndarray):
         entries.sort()
-        self.keys: list[str] = [k for k, _, _ in entries]
         n = len(entries)
-        self.kind = np.fromiter((k for _, k, _ in entries), dtype=np.int8, count=n)
-        self.tag = np.fromiter((t for _, _, t in entries), dtype=np.int32, count=n)
+        keys, kinds, tags = zip(*entries) if n else ((), (), ())
+        self.keys: list[str] = list(keys)
+        self.kind = np.array(kinds, dtype=np.int8)
+        self.tag = np.array(tags, dtype=np.int32)
         self.key_pc = post_count[self.tag] if n else np.zeros(0, np.int64)
         self.short: dict[str, list[int]] = {}
-        prefixes = {k[:j] for k in self.keys for j in range(1, self.SHORT + 1) if len(k) >= j}
+        prefixes = set(map(lambda k: k[:1], self.keys)) | set(map(lambda k: k[:2], self.keys))
         for p in prefixes:
             lo, hi = self.range(p)
             if hi - lo > self.SHORT_TOP:

@@ -193,7 +193,8 @@ class SentenceTransformerEmbedder(Embedder):
         self.model = SentenceTransformer(name, device=dev)
         if dev.startswith("cuda"):
             self.model.half()
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
         self._lock = threading.Lock()
 
     def encode(self, texts, is_query=False, batch_size=64):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagloom.search.classic import ALIAS, KIND_REASON, NAME, ClassicIndex
+from tagloom.search.classic import ALIAS, KIND_REASON, NAME, TRANSLATION, ClassicIndex
 from tagloom.tags.db import DANBOORU_CATEGORIES, TagDB, default_path
 
 # Fusion. A literal completion (the name or an alias starts with what was typed) is what the user is
@@ -27,87 +27,46 @@ from tagloom.tags.db import DANBOORU_CATEGORIES, TagDB, default_path
 # reciprocal-rank terms (RRF) — dense, sparse lexical, ColBERT — scaled down for tags that already
 # matched literally, and a log-popularity prior breaks near-ties toward tags people actually use.
 RRF_K = 10.0
-CLASSIC_BASE = {"exact": 4.0, "prefix": 2.5, "alias": 2.5, "word": 1.2, "fuzzy": 1.0}
+CLASSIC_BASE = {"exact": 4.0, "prefix": 2.5, "alias": 2.5, "translation": 2.5, "word": 1.2, "fuzzy": 1.0}
 CLASSIC_RANK = 0.5
 W_DENSE = 1.0
 W_SPARSE = 0.5
 W_COLBERT = 0.7
 SEMANTIC_ON_LITERAL = 0.25
 W_POP = 0.15
+SEMANTIC_SLOTS = 3
 
-class Engine:
-    def __init__(self, db_path: str | Path | None = None):
-        self.db_path = Path(db_path) if db_path else default_path()
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
-        self._version = None
-        self._index_stamp = None
-        self._semantic = None
-        self._semantic_error: str | None = None
-        self._load()
+class _Tags:
+    """One immutable snapshot of the tags and the classic index. A reload builds a new snapshot and
+    swaps it in with one assignment, so a query running in another thread never sees a mix."""
 
-    # --- loading -------------------------------------------------------------------------------
-    def _load(self) -> None:
-        if self._conn is None:
-            TagDB(self.db_path).close()  # creates the schema when the file is new
-            self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, timeout=30)
+    def __init__(self, conn: sqlite3.Connection):
         # Straight SQL rather than TagDB.iter_tags: this runs on the first keystroke, 140k rows.
-        TagDB(self.db_path).close()
-        c = self._conn
-        rows = c.execute("SELECT id, name, category, post_count, main_category FROM tags ORDER BY id").fetchall()
+        rows = conn.execute("SELECT id, name, category, post_count, main_category FROM tags ORDER BY id").fetchall()
         self.ids = np.array([r[0] for r in rows], dtype=np.int64)
         self.names = [r[1] for r in rows]
         self.category = [r[2] for r in rows]
         self.post_count = np.array([r[3] or 0 for r in rows], dtype=np.int64)
         self.main_category = [r[4] for r in rows]
-        row_of = {int(i): r for r, i in enumerate(self.ids)}
+        self.row_of = {int(i): r for r, i in enumerate(self.ids)}
         aliases: list[list[str]] = [[] for _ in rows]
-        for tag_id, alias in c.execute("SELECT tag_id, alias FROM aliases"):
-            r = row_of.get(tag_id)
+        for tag_id, alias in conn.execute("SELECT tag_id, alias FROM aliases"):
+            r = self.row_of.get(tag_id)
             if r is not None:
                 aliases[r].append(alias)
         self.translations: list[dict] = [{} for _ in rows]
-        for tag_id, lang, text in c.execute("SELECT tag_id, lang, text FROM translations"):
-            r = row_of.get(tag_id)
+        for tag_id, lang, text in conn.execute("SELECT tag_id, lang, text FROM translations"):
+            r = self.row_of.get(tag_id)
             if r is not None:
                 self.translations[r].setdefault(lang, []).append(text)
-        tags = rows
-        self.row_of = row_of
-        self.classic = ClassicIndex(self.names, aliases, self.post_count)
-        # The index is hundreds of thousands of long-lived objects: keep them out of the cyclic
-        # GC's young generations, whose full scans otherwise add multi-ms pauses to queries.
-        gc.freeze()
-        self._log_max = math.log1p(int(self.post_count.max())) if len(tags) else 1.0
-        self._version = self._data_version()
-        self._semantic = None
-        self._semantic_error = None
-        self._index_stamp = None
+        self.classic = ClassicIndex(self.names, aliases, self.post_count,
+                                    [[t for ts in d.values() for t in ts] for d in self.translations])
+        self.log_max = math.log1p(int(self.post_count.max())) if rows else 1.0
 
-    def _data_version(self):
-        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+    def pop(self, row: int) -> float:
+        return math.log1p(int(self.post_count[row])) / self.log_max
 
-    def refresh(self) -> None:
-        """Reload if the database changed since the last query (cheap when it did not)."""
-        with self._lock:
-            if self._data_version() != self._version:
-                self._load()
-
-    # --- semantic ------------------------------------------------------------------------------
-    def semantic_index(self, embedder: str | None = None):
-        """The built semantic index for the configured embedder, or None when there is none."""
-        from tagloom.search import semantic
-
-        with self._lock:
-            stamp = semantic.index_stamp(self.db_path, embedder)
-            if stamp != self._index_stamp or (self._semantic is not None and embedder and self._semantic.spec != embedder):
-                self._semantic = None
-                self._index_stamp = stamp
-                if stamp is not None:
-                    self._semantic = semantic.SemanticIndex.open(self.db_path, embedder)
-            return self._semantic
-
-    # --- querying ------------------------------------------------------------------------------
-    def _result(self, row: int, reason: str, alias: str | None, score: float) -> dict:
+    def result(self, row: int, reason: str, alias: str | None, score: float) -> dict:
         cat = self.category[row]
         return {
             "tag": self.names[row],
@@ -121,28 +80,79 @@ class Engine:
             "main_category": self.main_category[row],
         }
 
-    def _pop(self, row: int) -> float:
-        return math.log1p(int(self.post_count[row])) / self._log_max
+
+class Engine:
+    def __init__(self, db_path: str | Path | None = None):
+        self.db_path = Path(db_path) if db_path else default_path()
+        self._lock = threading.RLock()
+        TagDB(self.db_path).close()  # creates the file and schema when new
+        self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, timeout=30)
+        self._version = None
+        self._semantic: dict[str | None, tuple] = {}  # embedder spec -> (stamp, SemanticIndex | None)
+        self.state: _Tags
+        self._load()
+
+    def _load(self) -> None:
+        version = self._data_version()
+        self.state = _Tags(self._conn)
+        self._version = version
+        # The index is hundreds of thousands of long-lived objects: keep them out of the cyclic
+        # GC's generations, whose full scans otherwise add multi-ms pauses to queries.
+        gc.freeze()
+
+    @property
+    def names(self) -> list[str]:
+        """Tag names of the current snapshot (the route checks ``len(engine.names)`` for an empty DB)."""
+        return self.state.names
+
+    @property
+    def tag_count(self) -> int:
+        return len(self.state.names)
+
+    def _data_version(self):
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def refresh(self) -> None:
+        """Reload if the database changed since the last query (cheap when it did not)."""
+        with self._lock:
+            if self._data_version() != self._version:
+                self._load()
+
+    def semantic_index(self, embedder: str | None = None):
+        """The built semantic index for an embedder (default: the setting), or None when none is built."""
+        from tagloom.search import semantic
+
+        with self._lock:
+            stamp = semantic.index_stamp(self.db_path, embedder)
+            cached = self._semantic.get(embedder)
+            if cached is None or cached[0] != stamp:
+                cached = (stamp, semantic.SemanticIndex.open(self.db_path, embedder) if stamp is not None else None)
+                self._semantic[embedder] = cached
+            return cached[1]
 
     def suggest(self, query: str, limit: int = 10, semantic: bool | None = None, embedder: str | None = None) -> list[dict]:
         limit = max(1, min(int(limit), 200))
         self.refresh()
-        hits = self.classic.search(query, limit=limit)
+        st = self.state
+        # With semantic on, look further down the literal list: a tag that matches literally must be
+        # labelled (and ranked) as such even when it is not among the first `limit`.
+        hits = st.classic.search(query, limit=limit if semantic is False else limit * 3)
         classic: list[tuple[int, str, str | None]] = []
         for h in hits:
             reason = "fuzzy" if h.fuzzy else KIND_REASON[h.kind]
             if h.exact:
-                reason = "exact" if h.kind == NAME else "alias"
-            classic.append((h.tag, reason, h.key if h.kind == ALIAS else None))
+                reason = {NAME: "exact", ALIAS: "alias", TRANSLATION: "translation"}[h.kind]
+            classic.append((h.tag, reason, h.key if h.kind in (ALIAS, TRANSLATION) else None))
 
         sem = None
-        if semantic is not False and len(query.strip()) >= 2:
+        q = query.strip()
+        # One CJK character is already a word (猫); one Latin letter is not worth an embedding.
+        if semantic is not False and (len(q) >= 2 or any(ord(c) >= 0x2E80 for c in q)):
             try:
                 sem = self.semantic_index(embedder)
-            except Exception as e:  # a broken index must never break typing; say why once
+            except Exception:  # a broken index must never break typing: classic results still come
                 if semantic:
                     raise
-                self._semantic_error = str(e)
                 sem = None
             if semantic and sem is None:
                 from tagloom.errors import TagLoomError
@@ -151,8 +161,9 @@ class Engine:
                     f"no semantic index for {self.db_path} (embedder {embedder or 'from settings'}): run `tagloom index build`"
                 )
         if sem is None:
+            classic = classic[:limit]
             n = len(classic)
-            return [self._result(t, r, a, (n - i) / n + self._pop(t) * 0.01) for i, (t, r, a) in enumerate(classic)]
+            return [st.result(t, r, a, (n - i) / n + st.pop(t) * 0.01) for i, (t, r, a) in enumerate(classic)]
 
         scores: dict[int, float] = {}
         reason_of: dict[int, tuple[str, str | None]] = {}
@@ -160,18 +171,39 @@ class Engine:
             scores[t] = CLASSIC_BASE[reason] + CLASSIC_RANK * RRF_K / (RRF_K + rank)
             reason_of[t] = (reason, alias)
         found = sem.search(query, k=max(50, limit * 5))
+        literal = set(reason_of)
         for channel, weight in (("dense", W_DENSE), ("sparse", W_SPARSE), ("colbert", W_COLBERT)):
+            # Tags that matched literally are ranked in the channel but do not push the others down:
+            # a semantic-only tag's rank counts only the semantic-only tags before it.
+            other_rank = 0
             for rank, tag_id in enumerate(found.get(channel, [])):
-                row = self.row_of.get(int(tag_id))
+                row = st.row_of.get(int(tag_id))
                 if row is None:
                     continue
-                w = weight * (SEMANTIC_ON_LITERAL if row in reason_of and reason_of[row][0] != "semantic" else 1.0)
-                scores[row] = scores.get(row, 0.0) + w * RRF_K / (RRF_K + rank)
+                if row in literal:
+                    scores[row] += weight * SEMANTIC_ON_LITERAL * RRF_K / (RRF_K + rank)
+                    continue
+                scores[row] = scores.get(row, 0.0) + weight * RRF_K / (RRF_K + other_rank)
+                other_rank += 1
                 reason_of.setdefault(row, ("semantic", None))
         for row in scores:
-            scores[row] += W_POP * self._pop(row)
-        best = sorted(scores, key=lambda r: -scores[r])[:limit]
-        return [self._result(r, reason_of[r][0], reason_of[r][1], scores[r]) for r in best]
+            scores[row] += W_POP * st.pop(row)
+        ranked = sorted(scores, key=lambda r: -scores[r])
+        best = ranked[:limit]
+        # Discovery: a long list of literal completions ("kitsune" -> kitsune_* artists) must not
+        # hide what the user may not know the name of (fox_girl). The best semantic-only hits get a
+        # quarter of the slots (at most 3), displacing the weakest literal ones (never an exact match).
+        slots = min(SEMANTIC_SLOTS, max(1, limit // 4)) if limit >= 4 else 0
+        have = sum(1 for r in best if reason_of[r][0] == "semantic")
+        extra = [r for r in ranked[limit:] if reason_of[r][0] == "semantic"][: max(0, slots - have)]
+        for r in extra:
+            weakest = next((b for b in reversed(best) if reason_of[b][0] not in ("semantic", "exact")), None)
+            if weakest is None:
+                break
+            best.remove(weakest)
+            best.append(r)
+        best.sort(key=lambda r: -scores[r])
+        return [st.result(r, reason_of[r][0], reason_of[r][1], scores[r]) for r in best]
 
 
 _ENGINES: dict[str, Engine] = {}

@@ -19,6 +19,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,22 @@ class SemanticIndex:
         if self.embedder.has_colbert and cpath.is_file() and cpath.stat().st_size:
             self._colbert = np.memmap(cpath, dtype=np.float16, mode="r").reshape(-1, self.embedder.dim)
         self._lock = threading.Lock()
+        # The popups ask again for the same text (re-focus, debounced retries): keep recent query
+        # encodings, which are most of a semantic query's cost on CPU.
+        self._qcache: OrderedDict[str, object] = OrderedDict()
+
+    def _encode_query(self, query: str):
+        with self._lock:
+            hit = self._qcache.get(query)
+            if hit is not None:
+                self._qcache.move_to_end(query)
+                return hit
+        enc = self.embedder.encode([query], is_query=True)
+        with self._lock:
+            self._qcache[query] = enc
+            while len(self._qcache) > 256:
+                self._qcache.popitem(last=False)
+        return enc
 
     @classmethod
     def open(cls, db_path, embedder: str | None = None) -> "SemanticIndex | None":
@@ -153,7 +170,7 @@ class SemanticIndex:
     def search(self, query: str, k: int = 50, rerank: int = 30) -> dict[str, list[int]]:
         """Tag ids ranked by each channel: ``dense``, ``sparse`` (M3), ``colbert`` (M3, re-ranks
         the union of the dense and sparse top ``rerank``)."""
-        enc = self.embedder.encode([query], is_query=True)
+        enc = self._encode_query(query)
         n = min(k, self.count)
         out: dict[str, list[int]] = {}
         if n <= 0:

@@ -1,5 +1,5 @@
 """Import from the Danbooru JSON API: ``/tags.json``, ``/tag_aliases.json`` and ``/wiki_pages.json``
-(descriptions).
+(descriptions, and the page's ``other_names`` as translations).
 
 Paged by id cursor (``page=a<id>``: the records after an id), so a page is never skipped or repeated
 when tags are added while we read; the cursor of each endpoint is saved in the database's ``meta``
@@ -25,7 +25,8 @@ from typing import Callable
 
 from tagloom import __version__, config
 from tagloom.errors import CancelledError, TagLoomError
-from tagloom.tags.db import TagDB
+from tagloom.tags.db import TagDB, canonical
+from tagloom.tags.importers import detect_language
 
 DEFAULT_BASE = "https://danbooru.donmai.us"
 PAGE_LIMIT = 1000
@@ -165,8 +166,15 @@ def import_api(
                     if r.get("antecedent_name") and r.get("consequent_name") and r.get("status", "active") == "active"
                 )
             else:
-                db.set_descriptions(
-                    (r["title"], s) for r in page if r.get("title") and not r.get("is_deleted") and (s := wiki_summary(r.get("body", "")))
+                live = [r for r in page if r.get("title") and not r.get("is_deleted")]
+                db.set_descriptions((r["title"], s) for r in live if (s := wiki_summary(r.get("body", ""))))
+                # A wiki page's other_names (mostly Japanese and Chinese names of the tag) become
+                # translations, for tags that exist: they are what multilingual queries match.
+                known = db.existing_names(r["title"] for r in live if r.get("other_names"))
+                db.add_translations(
+                    (r["title"], detect_language(n), n)
+                    for r in live if canonical(r["title"]) in known
+                    for n in r.get("other_names") or [] if isinstance(n, str) and n.strip()
                 )
             n += len(page)
             cursor = max(ids)

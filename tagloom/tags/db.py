@@ -215,6 +215,17 @@ class TagDB:
         return n
 
     # --- reading -------------------------------------------------------------------------------
+    def existing_names(self, names: Iterable[str]) -> set[str]:
+        """The canonical names among ``names`` that are tags in the database."""
+        keys = list({canonical(n) for n in names})
+        found: set[str] = set()
+        with self._lock:
+            for s in range(0, len(keys), 500):
+                chunk = keys[s:s + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in self.conn.execute(f"SELECT name FROM tags WHERE name IN ({marks})", chunk))
+        return found
+
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM tags").fetchone()[0]
 

@@ -135,16 +135,14 @@ class ImportStats(dict):
     """Counts of what an import read and wrote (tags, aliases, translations, lines)."""
 
 
-def _flush(db: TagDB, tags: list, aliases: list, translations: list, descriptions: list, stats: ImportStats) -> None:
+def _flush(db: TagDB, tags: list, aliases: list, translations: list, stats: ImportStats) -> None:
     if tags:
         stats["tags"] = stats.get("tags", 0) + db.upsert_tags(tags)
     if aliases:
         stats["aliases_added"] = stats.get("aliases_added", 0) + db.add_aliases(aliases)
     if translations:
         stats["translations_added"] = stats.get("translations_added", 0) + db.add_translations(translations)
-    for name, text in descriptions:
-        db.upsert_tags([{"name": name, "description": text}])
-    tags.clear(), aliases.clear(), translations.clear(), descriptions.clear()
+    tags.clear(), aliases.clear(), translations.clear()
 
 
 def import_file(
@@ -164,7 +162,6 @@ def import_file(
     tags: list[dict] = []
     aliases: list[tuple[str, str]] = []
     translations: list[tuple[str, str, str]] = []
-    descriptions: list[tuple[str, str]] = []
     stubs: list[dict] = []
 
     def rows():
@@ -249,7 +246,8 @@ def import_file(
                 {
                     "name": name,
                     "category": _category(path, line, cat),
-                    "post_count": row.get("post_count"),
+                    "post_count": _int(path, line, str(row["post_count"]), "post_count")
+                    if row.get("post_count") not in (None, "") else None,
                     "description": row.get("description") or None,
                 }
             )
@@ -264,12 +262,12 @@ def import_file(
             if stubs:
                 stats["tags_created"] = stats.get("tags_created", 0) + db.add_missing_tags(stubs)
                 stubs.clear()
-            _flush(db, tags, aliases, translations, descriptions, stats)
+            _flush(db, tags, aliases, translations, stats)
             if progress:
                 progress(stats["lines"])
     if stubs:
         stats["tags_created"] = stats.get("tags_created", 0) + db.add_missing_tags(stubs)
-    _flush(db, tags, aliases, translations, descriptions, stats)
+    _flush(db, tags, aliases, translations, stats)
     # Pack categories from our own export round-trip with their provenance.
     stats.pop("_script_lang", None)
     for row in stats.pop("_pack", []):

@@ -309,11 +309,21 @@ export class TagAutocomplete {
     popup.className = "tagloom-ac";
     popup.hidden = true;
     popup.setAttribute("role", "listbox");
-    // keep the focus (and the caret) in the textarea when the popup is clicked
+    // Keep the focus (and the caret) in the textarea when the popup is clicked, and keep the
+    // click from the host: ComfyUI's page-level pointer handlers take the focus away otherwise.
+    // (preventDefault on mousedown keeps the focus; on pointerdown it would suppress mousedown)
+    for (const type of ["pointerdown", "pointerup", "mouseup", "click"]) {
+      popup.addEventListener(type, (e) => e.stopPropagation());
+    }
     popup.addEventListener("mousedown", (e) => {
       e.preventDefault();
+      e.stopPropagation();
       const item = e.target.closest(".tagloom-ac-item");
-      if (item) this.accept(Number(item.dataset.index));
+      const ta = this.target;
+      if (!item || !ta) return;
+      this.accept(Number(item.dataset.index));
+      // and should a host still move the focus after the click, give it back
+      setTimeout(() => this.doc.activeElement !== ta && ta.isConnected && ta.focus(), 0);
     });
     popup.addEventListener("mousemove", (e) => {
       const item = e.target.closest(".tagloom-ac-item");

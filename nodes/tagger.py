@@ -1,0 +1,225 @@
+"""ComfyUI nodes for tagging: loader, interrogate, tag filter/format. Thin wrappers over
+tagloom.tagger; ids and input names are public interface (never rename or reorder; only append
+optional inputs).
+
+- TagLoomTaggerLoader -> TAGLOOM_TAGGER (a handle; the weights live in tagloom.tagger.cache and are
+  freed when ComfyUI unloads models, e.g. the "Unload models" button / POST /free).
+- TagLoomInterrogate: IMAGE batch -> caption, tags, scores_json, rating (lists: one item per image,
+  so a batch of 4 gives 4 captions; downstream nodes run once per item).
+- TagLoomTagFilter: a tag string -> filtered/formatted tag string.
+"""
+
+from __future__ import annotations
+
+import json
+
+CATEGORY = "TagLoom/Tagger"
+_hooked = False
+
+
+def _hook_comfy_unload() -> None:
+    """Free our cached taggers whenever ComfyUI unloads its models.
+
+    ComfyUI tracks only ModelPatcher models in model_management.current_loaded_models, and an ONNX
+    session is not one; its unload path (the /free route's flag, handled in main.py) calls
+    model_management.unload_all_models(), so we wrap that function once and free our cache after it.
+    """
+    global _hooked
+    if _hooked:
+        return
+    import comfy.model_management as mm
+
+    from tagloom.tagger import cache
+
+    original = mm.unload_all_models
+    if getattr(original, "_tagloom_wrapped", False):
+        _hooked = True
+        return
+
+    def unload_all_models(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        finally:
+            freed = cache.free_all()
+            if freed:
+                import logging
+
+                logging.info("TagLoom: unloaded %d tagger model(s)", freed)
+
+    unload_all_models._tagloom_wrapped = True
+    unload_all_models.__wrapped__ = original
+    mm.unload_all_models = unload_all_models
+    _hooked = True
+
+
+def _model_choices() -> list[str]:
+    from tagloom.tagger.registry import KNOWN_MODELS, known_model_names, list_local_models
+
+    names = known_model_names()
+    known_short = {m.short_name for m in KNOWN_MODELS}
+    try:
+        local = [n for n in list_local_models() if n not in known_short]
+    except Exception:  # never break /object_info over an unreadable folder
+        local = []
+    return names + local
+
+
+class TagLoomTaggerLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (_model_choices(), {"tooltip": "wd-v3 model, JoyTag, or a folder in models/tagloom; downloaded on first use"}),
+                "backend": (["auto", "onnx", "torch"], {"default": "auto"}),
+                "device": (["auto", "cpu", "cuda"], {"default": "auto"}),
+            }
+        }
+
+    RETURN_TYPES = ("TAGLOOM_TAGGER",)
+    RETURN_NAMES = ("tagger",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Loads a Danbooru tagger (EVA-02 Large by default) on ONNX Runtime or PyTorch."
+
+    def load(self, model, backend="auto", device="auto"):
+        from tagloom.tagger.cache import TaggerHandle
+
+        _hook_comfy_unload()
+        if device == "auto":
+            # Respect ComfyUI's own choice (e.g. started with --cpu on a GPU machine).
+            import comfy.model_management as mm
+
+            try:
+                if mm.get_torch_device().type == "cpu":
+                    device = "cpu"
+            except Exception:
+                pass
+        handle = TaggerHandle(model, backend, device)
+        handle.get()  # load now so a missing model fails this node, not the next one
+        return (handle,)
+
+
+class TagLoomInterrogate:
+    @classmethod
+    def INPUT_TYPES(cls):
+        thr = {"min": 0.0, "max": 1.0, "step": 0.01}
+        return {
+            "required": {
+                "tagger": ("TAGLOOM_TAGGER",),
+                "image": ("IMAGE",),
+                "general_threshold": ("FLOAT", {"default": 0.35, **thr}),
+                "character_threshold": ("FLOAT", {"default": 0.75, **thr}),
+                "artist_threshold": ("FLOAT", {"default": 0.75, **thr}),
+                "mcut_general": ("BOOLEAN", {"default": False}),
+                "mcut_character": ("BOOLEAN", {"default": False}),
+                "replace_underscores": ("BOOLEAN", {"default": True}),
+                "escape_parentheses": ("BOOLEAN", {"default": True}),
+                "exclude_tags": ("STRING", {"default": "", "multiline": False}),
+                "max_tags": ("INT", {"default": 0, "min": 0, "max": 1000}),
+                "trailing_comma": ("BOOLEAN", {"default": False}),
+            },
+            "optional": {
+                "threshold_file": ("STRING", {"default": "", "tooltip": "threshold.json in the model folder, models/tagloom or the input folder; its values win over the threshold inputs above"}),
+                "include_tags": ("STRING", {"default": ""}),
+                "caption_threshold": ("FLOAT", {"default": 0.35, **thr}),
+                "tags_threshold": ("FLOAT", {"default": 0.35, **thr}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING", "STRING", "STRING", "STRING")
+    RETURN_NAMES = ("caption", "tags", "scores_json", "rating")
+    OUTPUT_IS_LIST = (True, True, True, True)
+    OUTPUT_TOOLTIPS = ("character + general + artist tags, one per image",
+                       "general tags, one per image", "all scores as JSON, one per image", "top rating, one per image")
+    FUNCTION = "interrogate"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Tags every image of the batch; outputs are lists with one string per image."
+
+    def interrogate(self, tagger, image, general_threshold=0.35, character_threshold=0.75, artist_threshold=0.75,
+                    mcut_general=False, mcut_character=False, replace_underscores=True, escape_parentheses=True,
+                    exclude_tags="", max_tags=0, trailing_comma=False, threshold_file="", include_tags="",
+                    caption_threshold=0.35, tags_threshold=0.35):
+        import comfy.model_management as mm
+        import comfy.utils
+
+        from tagloom import config
+        from tagloom.tagger import FormatOptions, Thresholds, read_threshold_json
+        from tagloom.tagger.preprocess import comfy_image_to_pil
+        from tagloom.tagger.thresholds import find_threshold_file
+
+        _hook_comfy_unload()
+        model = tagger.get()
+        thresholds = Thresholds().with_overrides(
+            general=general_threshold, character=character_threshold, artist=artist_threshold,
+            caption=caption_threshold, tags=tags_threshold, mcut_general=mcut_general, mcut_character=mcut_character,
+        )
+        if threshold_file and threshold_file.strip():
+            import folder_paths
+
+            dirs = [model.model_dir, *config.model_search_dirs(), folder_paths.get_input_directory()]
+            thresholds = read_threshold_json(find_threshold_file(threshold_file, dirs), thresholds)
+        options = FormatOptions().with_overrides(
+            replace_underscores=replace_underscores, escape_parentheses=escape_parentheses,
+            exclude=exclude_tags, include=include_tags, max_tags=max_tags, trailing_comma=trailing_comma,
+        )
+        images = comfy_image_to_pil(image)
+        pbar = comfy.utils.ProgressBar(len(images))
+
+        def progress(done, total):
+            mm.throw_exception_if_processing_interrupted()
+            pbar.update_absolute(done, total)
+
+        mm.throw_exception_if_processing_interrupted()
+        results = model.tag_images(images, thresholds, options, batch_size=8, progress=progress)
+        captions = [r.caption for r in results]
+        tags = [r.tags for r in results]
+        scores = [json.dumps({k: v for k, v in r.to_json().items() if k != "file"}, ensure_ascii=False) for r in results]
+        ratings = [r.rating or "" for r in results]
+        return (captions, tags, scores, ratings)
+
+
+class TagLoomTagFilter:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "tags": ("STRING", {"forceInput": True}),
+                "exclude_tags": ("STRING", {"default": ""}),
+                "include_tags": ("STRING", {"default": ""}),
+                "replace": ("STRING", {"default": "", "multiline": True,
+                                       "tooltip": "one 'old=new' per line (tag names, spaces or underscores)"}),
+                "replace_underscores": ("BOOLEAN", {"default": True}),
+                "escape_parentheses": ("BOOLEAN", {"default": True}),
+                "sort": (["score", "alpha", "none"], {"default": "score", "tooltip": "score keeps the incoming order"}),
+                "max_tags": ("INT", {"default": 0, "min": 0, "max": 1000}),
+                "trailing_comma": ("BOOLEAN", {"default": False}),
+            }
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("tags",)
+    FUNCTION = "filter"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Exclude, include, replace, escape, sort and limit tags in a comma-separated string."
+
+    def filter(self, tags, exclude_tags="", include_tags="", replace="", replace_underscores=True,
+               escape_parentheses=True, sort="score", max_tags=0, trailing_comma=False):
+        from tagloom.tagger.formatting import FormatOptions, filter_tag_string
+
+        options = FormatOptions().with_overrides(
+            replace_underscores=replace_underscores, escape_parentheses=escape_parentheses, exclude=exclude_tags,
+            include=include_tags, sort=sort, max_tags=max_tags, trailing_comma=trailing_comma,
+        )
+        return (filter_tag_string(tags, options, replace),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "TagLoomTaggerLoader": TagLoomTaggerLoader,
+    "TagLoomInterrogate": TagLoomInterrogate,
+    "TagLoomTagFilter": TagLoomTagFilter,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TagLoomTaggerLoader": "TagLoom Tagger Loader",
+    "TagLoomInterrogate": "TagLoom Interrogate Image",
+    "TagLoomTagFilter": "TagLoom Tag Filter",
+}

@@ -1,0 +1,185 @@
+"""Batched inference engines for caption jobs: uint8 square pixels in, probabilities out.
+
+Input: a batch of the square RGB pixels the decoders make, either a numpy uint8 array
+(B, S, S, 3) from the CPU decoders or a torch uint8 tensor (B, 3, S, S) already on the GPU from
+the GPU decoder. Output: float32 numpy (B, L) sigmoid probabilities, the same numbers the
+single-image path (tagloom.tagger.backends) gives in float32.
+
+Why our own engines rather than the tagger's backends: a folder job wants different settings from
+one interactive image. ONNX Runtime: all cores but no busy-spinning threads (spinning would steal
+the cores the decoders need between batches), IO binding from GPU tensors on CUDA. Torch: weights
+in bf16/fp16 on CUDA (faster than autocast over fp32 weights), channels-last, optional
+torch.compile with the batch padded to one shape so it compiles once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tagloom.errors import InputFileError, TagLoomError
+
+CLIP_MEAN = np.asarray((0.48145466, 0.4578275, 0.40821073), np.float32)
+CLIP_STD = np.asarray((0.26862954, 0.26130258, 0.27577711), np.float32)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def to_model_input(pixels: np.ndarray, family: str) -> np.ndarray:
+    """uint8 RGB (B, S, S, 3) -> the family's float32 input, exactly as tagloom.tagger.preprocess."""
+    if family == "joytag":
+        x = pixels.astype(np.float32) / 255.0
+        x = (x - CLIP_MEAN) / CLIP_STD
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+    return np.ascontiguousarray(pixels[..., ::-1], dtype=np.float32)  # wd: BGR 0..255 NHWC
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+class OnnxEngine:
+    name = "onnx"
+
+    def __init__(self, model_dir: Path, family: str = "wd", device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        from tagloom.caption.decode import default_workers
+
+        self.path = Path(model_dir) / "model.onnx"
+        if not self.path.is_file():
+            raise InputFileError(self.path, "missing: no ONNX weights (model.onnx) in the model folder")
+        self.family = family
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = threads or default_workers()
+        so.inter_op_num_threads = 1
+        # Idle ORT threads spin for a while by default; in a pipeline that burns the cores the
+        # decoders are waiting for: 15 -> 18 img/s on 2 cores (docs/benchmarks.md, caption section).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers: list = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise TagLoomError("device 'cuda' was asked for, but the installed onnxruntime has no CUDA "
+                                   "provider; install onnxruntime-gpu or use --backend torch")
+            if hasattr(ort, "preload_dlls"):
+                try:
+                    ort.preload_dlls()
+                except Exception:
+                    pass
+            dev_id = int(device.split(":", 1)[1]) if ":" in device else 0
+            providers = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as e:
+            raise InputFileError(self.path, f"cannot be loaded by ONNX Runtime: {e}") from e
+        self.provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        if device.startswith("cuda") and self.device != "cuda":
+            raise TagLoomError("device 'cuda' was asked for, but ONNX Runtime fell back to the CPU (no GPU or no CUDA libraries)")
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
+        shape = list(inp.shape)
+        side = shape[1] if family != "joytag" else shape[-1]
+        self.input_size = side if isinstance(side, int) else None
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.logits = family == "joytag"
+
+    def predict(self, pixels) -> np.ndarray:
+        if not isinstance(pixels, np.ndarray):  # a torch tensor from the GPU decoder
+            if self.device == "cuda" and self.family == "wd":
+                return self._predict_cuda_tensor(pixels)
+            pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        x = to_model_input(pixels, self.family)
+        step = self.fixed_batch or len(x)
+        outs = [self.session.run([self.output_name], {self.input_name: x[i : i + step]})[0] for i in range(0, len(x), step)]
+        out = np.concatenate(outs, axis=0).astype(np.float32).reshape(len(x), -1)
+        return _sigmoid(out) if self.logits else out
+
+    def _predict_cuda_tensor(self, pixels) -> np.ndarray:
+        """GPU pixels straight into ONNX Runtime CUDA through IO binding (no host round trip)."""
+        x = pixels.flip(1).permute(0, 2, 3, 1).float().contiguous()  # RGB NCHW -> BGR NHWC float
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_name, "cuda", x.device.index or 0, np.float32, list(x.shape), x.data_ptr())
+        binding.bind_output(self.output_name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32).reshape(x.shape[0], -1)
+
+    def close(self):
+        self.session = None
+
+
+class TorchEngine:
+    """A timm wd-style tagger (config.json + model.safetensors)."""
+
+    name = "torch"
+
+    def __init__(self, model_dir: Path, device: str = "cpu", precision: str = "auto", compile: bool = False,
+                 batch_size: int = 0):
+        import torch
+
+        from tagloom.tagger.backends import torch_device
+        from tagloom.tagger.timm_model import input_size, load_model, mean_std, read_config
+
+        config = read_config(Path(model_dir))
+        self.input_size = input_size(config)
+        self.torch_device = torch_device(device)
+        self.device = self.torch_device.type
+        if precision not in PRECISIONS:
+            raise TagLoomError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "auto":
+            precision = "bf16" if self.device == "cuda" else "fp32"
+        self.precision = precision
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.provider = f"torch:{self.torch_device}:{precision}" + (":compiled" if compile else "")
+        mean, std = mean_std(config)
+        net = load_model(Path(model_dir)).to(self.torch_device, dtype=self.dtype).eval()
+        if self.device == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        if compile:
+            net = torch.compile(net, mode="max-autotune-no-cudagraphs" if self.device == "cuda" else "default", dynamic=False)
+        self.net = net
+        self.compiled = compile
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.torch_device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.torch_device).view(1, 3, 1, 1)
+        self._torch = torch
+
+    def predict(self, pixels) -> np.ndarray:
+        torch = self._torch
+        if isinstance(pixels, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(pixels))
+            if self.device == "cuda":
+                x = x.pin_memory().to(self.torch_device, non_blocking=True)
+            x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW, still RGB uint8
+        else:
+            x = pixels.to(self.torch_device, non_blocking=True)
+        n = x.shape[0]
+        if self.compiled and self.batch_size and n < self.batch_size:
+            # One input shape: a short last batch would otherwise trigger a second compilation.
+            pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
+            x = torch.cat([x, pad])
+        with torch.inference_mode():
+            # Same arithmetic as the wd wrapper (tagloom.tagger.export): BGR, /255, (x-mean)/std.
+            x = x.flip(1).to(torch.float32) / 255.0
+            x = ((x - self.mean) / self.std).to(self.dtype)
+            if self.device == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            probs = torch.sigmoid(self.net(x).float())
+        return probs[:n].cpu().numpy()
+
+    def close(self):
+        self.net = None
+        if self.device == "cuda":
+            self._torch.cuda.empty_cache()
+
+
+def make_engine(model, device: str, precision: str = "auto", compile: bool = False, threads: int | None = None,
+                batch_size: int = 0):
+    """The engine for a CaptionModel (tagloom.caption.model) on 'cpu' or 'cuda[:N]'."""
+    if model.backend == "torch":
+        return TorchEngine(model.path, device, precision, compile, batch_size)
+    if precision not in ("auto", "fp32"):
+        raise TagLoomError(f"precision {precision} needs the torch backend (--backend torch); ONNX models run as exported")
+    return OnnxEngine(model.path, model.family, device, threads)

@@ -1,0 +1,222 @@
+"""Decoding on the accelerator: JPEG bytes -> square model pixels on the GPU (nvjpeg via torchvision).
+
+On an H100, PIL on 16 processes decodes ~111 img/s of 1.5 MP JPEGs while nvjpeg does ~2,200
+(../shared/README.md), so on CUDA the CPU only reads bytes. Per batch:
+
+1. threads read the files' bytes (I/O only);
+2. baseline/progressive 3-channel JPEGs below the pixel limit, without EXIF rotation, are decoded together with
+   ``torchvision.io.decode_jpeg(list, device=cuda)``; if the batch call fails, one by one, and an image
+   the GPU cannot decode falls back to the CPU path;
+3. everything else (PNG, WebP, CMYK, rotated or huge JPEGs, ...) goes through the CPU path, which is the
+   single-image path exactly (tagloom.tagger.images.load_image + the reference geometry);
+4. each GPU image is centred on a white square and resized to the model's size with antialiased
+   bicubic (a = -0.5, PIL's kernel), horizontal pass then vertical pass, each rounded to uint8 as PIL
+   does: pixels agree with PIL's within one level (tests/test_caption_pipeline.py checks this on CPU).
+
+The same code runs with device='cpu' (torchvision's CPU decoder), which is how it is tested here.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from tagloom.caption.decode import Decoded, decode_file, default_workers
+
+
+def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, components, EXIF orientation) from a JPEG's headers, or None when it is not a
+    JPEG we trust the GPU with (not a JPEG, lossless/arithmetic-coded, or headers we cannot read).
+    Orientation is 1 when the file has none."""
+    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    i = 2
+    n = len(data)
+    orientation = 1
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
+            orientation = _exif_orientation(data[i + 10 : i + 2 + length])
+        if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
+            if i + 9 >= n:
+                return None
+            h = (data[i + 5] << 8) | data[i + 6]
+            w = (data[i + 7] << 8) | data[i + 8]
+            return w, h, data[i + 9], orientation
+        if 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return None  # lossless / arithmetic coding: leave it to libjpeg on the CPU
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        i += 2 + length
+    return None
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF TIFF block; 1 when absent, 0 when unreadable."""
+    try:
+        order = {b"II": "little", b"MM": "big"}[tiff[:2]]
+        u16 = lambda o: int.from_bytes(tiff[o : o + 2], order)  # noqa: E731
+        ifd = int.from_bytes(tiff[4:8], order)
+        for k in range(u16(ifd)):
+            entry = ifd + 2 + 12 * k
+            if u16(entry) == 0x0112:
+                return u16(entry + 8)
+        return 1
+    except (KeyError, IndexError, ValueError):
+        return 0
+
+
+class TorchDecoder:
+    """Batches of paths -> (uint8 tensor (B, 3, S, S) RGB on `device`, decoded paths, failures)."""
+
+    def __init__(self, size: int, device: str = "cuda", workers: int | None = None):
+        import torch
+
+        self.size = size
+        self.device = torch.device(device)
+        self.workers = workers or default_workers()
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tagloom-read")
+        self._torch = torch
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    def close(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @staticmethod
+    def _read(path: Path) -> bytes | Exception:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            return e
+
+    def decode_batch(self, paths: list[Path]):
+        return self.decode_bytes(paths, list(self._pool.map(self._read, paths)))
+
+    def decode_bytes(self, paths: list[Path], datas: list):
+        """Like decode_batch, for bytes already read (an OSError in place of bytes = unreadable).
+
+        On CUDA the work runs on a side stream, so decoding batch k+1 (in the job's reader thread)
+        overlaps the model running batch k on the default stream; the batch is handed over only
+        once it is complete (stream synchronised), and marked as used by the default stream so the
+        allocator does not recycle it under the model.
+        """
+        if self._stream is None:
+            return self._decode_bytes(paths, datas)
+        torch = self._torch
+        with torch.cuda.stream(self._stream):
+            batch, ok, failed = self._decode_bytes(paths, datas)
+        self._stream.synchronize()
+        if batch is not None:
+            batch.record_stream(torch.cuda.default_stream(self.device))
+        return batch, ok, failed
+
+    def _decode_bytes(self, paths: list[Path], datas: list):
+        from tagloom.tagger.images import max_pixels
+
+        torch = self._torch
+        gpu_idx, cpu_idx = [], []
+        for i, data in enumerate(datas):
+            info = jpeg_info(data) if isinstance(data, bytes) else None
+            # nvjpeg ignores EXIF orientation (torchvision applies it on the CPU only), so rotated
+            # photos take the CPU path, which turns them upright like the single-image path.
+            if info is not None and info[2] == 3 and info[3] == 1 and info[0] * info[1] <= max_pixels():
+                gpu_idx.append(i)
+            else:
+                cpu_idx.append(i)
+        out: dict[int, object] = {}
+        if gpu_idx:
+            frames = self._decode_jpegs([datas[i] for i in gpu_idx])
+            for i, frame in zip(gpu_idx, frames):
+                if frame is None:
+                    cpu_idx.append(i)
+                else:
+                    out[i] = self._square(frame)
+        # CPU fallback: the exact single-image path, in the read threads (PIL releases the GIL).
+        for i, dec in zip(cpu_idx, self._pool.map(lambda p: decode_file(p, self.size), [paths[i] for i in cpu_idx])):
+            out[i] = dec
+        pixels, ok, failed = [], [], []
+        for i, path in enumerate(paths):
+            item = out[i]
+            if isinstance(item, Decoded):
+                if item.pixels is None:
+                    failed.append((path, item.error))
+                    continue
+                item = torch.from_numpy(np.array(item.pixels)).permute(2, 0, 1).to(self.device, non_blocking=True)
+            pixels.append(item)
+            ok.append(path)
+        batch = torch.stack(pixels) if pixels else None
+        return batch, ok, failed
+
+    def _decode_jpegs(self, datas: list[bytes]) -> list:
+        """Decoded (3, H, W) uint8 tensors on the device, None where the GPU decoder refused one."""
+        import warnings
+
+        with warnings.catch_warnings():
+            # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they still
+            # work and are what ships beside every torch. Revisit when they are removed.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import torchvision.io as tio
+
+        torch = self._torch
+        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        kwargs = {"mode": tio.ImageReadMode.RGB, "device": self.device}
+        try:
+            frames = tio.decode_jpeg(tensors, **kwargs)
+            return list(frames)
+        except Exception:
+            out = []
+            for t in tensors:
+                try:
+                    out.append(tio.decode_jpeg(t, **kwargs))
+                except Exception:
+                    out.append(None)
+            return out
+
+    def _square(self, frame):
+        """(3, H, W) uint8 -> (3, S, S) uint8: white square, PIL-matching bicubic in two rounded passes."""
+        import torch.nn.functional as F
+
+        torch = self._torch
+        _, h, w = frame.shape
+        side = max(h, w)
+        if h != w:
+            canvas = torch.full((3, side, side), 255, dtype=torch.uint8, device=frame.device)
+            top, left = (side - h) // 2, (side - w) // 2
+            canvas[:, top : top + h, left : left + w] = frame
+            frame = canvas
+        if side == self.size:
+            return frame
+        x = frame.unsqueeze(0).float()
+        x = F.interpolate(x, size=(side, self.size), mode="bicubic", antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255)
+        x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False)
+        return x.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+def gpu_decode_available() -> bool:
+    try:
+        import torch
+        import torchvision.io  # noqa: F401
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+

@@ -1,0 +1,409 @@
+"""A caption job: a folder of images -> a caption per image, as fast as the machine allows.
+
+The local pipeline overlaps its three stages:
+
+    decode (pool: all cores on CPU, nvjpeg on CUDA) -> batches -> engine -> interpret + write
+    [reader thread + decode pool]                   [main thread]  [writer thread]
+
+so files are read and decoded while the model runs, and captions are written while the next batch
+runs. Every image ends up done, skipped (its caption was already there) or failed with a reason;
+nothing that fails stops the run. The same job runs on a Ray cluster with `engine="ray"`
+(tagloom.caption.ray_engine), writing the same outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tagloom.caption.files import duplicate_stems, list_images, relative_name
+from tagloom.caption.model import CaptionModel, ModelChoice
+from tagloom.errors import TagLoomError
+
+DECODERS = ("auto", "cpu", "gpu")
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class CaptionJob:
+    folder: Path
+    model: ModelChoice = field(default_factory=ModelChoice)
+    recursive: bool = False
+    fmt: str = "txt"  # txt | json | jsonl
+    output: Path | None = None  # the JSONL file (default: <folder>/captions.jsonl)
+    overwrite: bool = False  # False = skip images that already have a caption (and resume)
+    text_field: str = "tags"  # what a .txt holds: tags | caption
+    batch_size: int = 0  # 0 = 16 on CPU, 64 on CUDA
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    precision: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16 (torch backend)
+    compile: bool = False  # torch.compile the model (CUDA: worth it for folders of thousands)
+    decode: str = "auto"  # auto (gpu on CUDA, else cpu) | cpu | gpu (torchvision decoder on the device)
+    workers: int | None = None  # decode workers; None = every core
+    decode_mode: str = "thread"  # thread | process
+    threads: int | None = None  # ONNX Runtime intra-op threads; None = every core
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None  # None = start a local cluster; "auto" = the running one
+    ray_actors: int | None = None  # model actors; None = one per GPU, else one per CPU node
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    seconds: float = 0.0  # the whole job, model loading included
+    load_seconds: float = 0.0  # opening the model and the engine (Ray: the cluster too)
+    device: str = ""
+    provider: str = ""
+    output: str = ""
+    resumed: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput once the model is loaded (what a bigger folder would see)."""
+        busy = self.seconds - self.load_seconds
+        return self.done / busy if busy > 0 else 0.0
+
+    def text(self, max_failures: int = 50) -> str:
+        if self.total == 0:
+            return "no image files found (.jpg .jpeg .png .webp .bmp .gif .tif .avif; --recursive for sub-folders)"
+        lines = [
+            f"done {self.done}, skipped {self.skipped} (caption already there), failed {len(self.failed)} "
+            f"of {self.total} images in {self.seconds:.1f} s (model load {self.load_seconds:.1f} s, then "
+            f"{self.images_per_second:.1f} images/s on {self.provider or self.device}) -> {self.output}"
+        ]
+        if self.resumed:
+            lines.append("  (continued an interrupted --overwrite run: captions it had already rewritten were kept)")
+        for file, reason in self.failed[:max_failures]:
+            lines.append(f"  failed: {file}: {reason}")
+        if len(self.failed) > max_failures:
+            lines.append(f"  ... and {len(self.failed) - max_failures} more failures")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"total": self.total, "done": self.done, "skipped": self.skipped,
+                "failed": [{"file": f, "reason": r} for f, r in self.failed],
+                "seconds": round(self.seconds, 3), "load_seconds": round(self.load_seconds, 3), "images_per_second": round(self.images_per_second, 2),
+                "device": self.device, "provider": self.provider, "output": self.output}
+
+
+class Progress:
+    """What a job reports to: the CLI's bar or the node's ProgressBar. advance() may raise to cancel."""
+
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def check(self) -> None:
+        """Called before every batch; raises to cancel (ComfyUI's Cancel, a test)."""
+
+    def close(self) -> None:
+        pass
+
+
+def resolve_device(device: str) -> str:
+    device = (device or "auto").lower()
+    if device == "auto":
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            if torch.cuda.is_available():
+                return "cuda"
+        return "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise TagLoomError(f"device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+def _ort_has_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:
+        return False
+
+
+def plan_model(job: CaptionJob, device: str) -> CaptionModel:
+    """Open the model; on CUDA an 'auto' backend prefers torch (bf16, compile, GPU pixels)."""
+    backend = job.model.backend
+    model = CaptionModel.open(job.model)
+    if backend == "auto" and device.startswith("cuda") and model.backend == "onnx" and model.family == "wd":
+        if (model.path / "model.safetensors").is_file() and (model.path / "config.json").is_file() \
+                and importlib.util.find_spec("timm") is not None:
+            model.backend = "torch"
+    return model
+
+
+def select_images(job: CaptionJob, sink) -> tuple[list[Path], int, list[tuple[str, str]], int]:
+    """(images to caption, how many already have captions, failures found before decoding, total)."""
+    root = Path(job.folder)
+    images = list_images(root, job.recursive)
+    clashes = duplicate_stems(images, job.fmt) if job.fmt in ("txt", "json") else {}
+    failed = [(relative_name(img, root), f"its caption file {Path(img).with_suffix('.' + job.fmt).name} belongs to "
+               f"{relative_name(owner, root)} (same name, other extension); rename one of them")
+              for img, owner in clashes.items()]
+    todo, skipped = [], 0
+    for img in images:
+        if img in clashes:
+            continue
+        if sink.is_done(img):
+            skipped += 1
+        else:
+            todo.append(img)
+    return todo, skipped, failed, len(images)
+
+
+def run_caption(job: CaptionJob, progress: Progress | None = None) -> Summary:
+    """Run a whole job and return its summary. Raises only for job-level problems (no such folder,
+    no model, cancel); a bad image is a line in Summary.failed."""
+    from tagloom.caption.writers import make_sink
+
+    progress = progress or Progress()
+    if job.engine not in ENGINES:
+        raise TagLoomError(f"engine must be local or ray, got {job.engine!r}")
+    if job.decode not in DECODERS:
+        raise TagLoomError(f"decode must be auto, cpu or gpu, got {job.decode!r}")
+    root = Path(job.folder)
+    sink, state = make_sink(root, job.fmt, job.output, job.overwrite, job.text_field)
+    try:
+        todo, skipped, failed, total = select_images(job, sink)
+        summary = Summary(total=total, skipped=skipped, failed=list(failed), output=sink.describe(),
+                          resumed=state.resumed)
+        started = time.perf_counter()
+        if todo:
+            if job.engine == "ray":
+                from tagloom.caption.ray_engine import run_ray
+
+                run_ray(job, todo, sink, summary, progress)
+            else:
+                run_local(job, todo, sink, summary, progress)
+        summary.seconds = time.perf_counter() - started
+    finally:
+        sink.close()
+        progress.close()
+    state.finish()  # only after a run that was not interrupted
+    return summary
+
+
+# --- the local pipeline -------------------------------------------------------------------------
+
+_END = object()
+
+
+def _cpu_batches(decoder, paths, batch_size):
+    pixels, ok, failed = [], [], []
+    for item in decoder.map(paths):
+        if item.pixels is None:
+            failed.append((item.path, item.error))
+        else:
+            pixels.append(item.pixels)
+            ok.append(item.path)
+        if len(ok) >= batch_size or len(failed) >= batch_size:
+            yield (np.stack(pixels) if pixels else None), ok, failed
+            pixels, ok, failed = [], [], []
+    if ok or failed:
+        yield (np.stack(pixels) if pixels else None), ok, failed
+
+
+def _gpu_batches(decoder, paths, batch_size):
+    for i in range(0, len(paths), batch_size):
+        yield decoder.decode_batch(paths[i : i + batch_size])
+
+
+class _Stage(threading.Thread):
+    """Runs a generator (or a consumer) in a thread, passing items through a bounded queue."""
+
+    def __init__(self, name, target):
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def run(self):
+        try:
+            self._target_fn(self)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            self.error = e
+
+
+def _put(q: queue.Queue, item, stage: _Stage) -> bool:
+    while not stage.stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progress: Progress) -> None:
+    from tagloom.caption.engines import make_engine
+
+    started = time.perf_counter()
+    root = Path(job.folder)
+    device = resolve_device(job.device)
+    model = plan_model(job, device)
+    if job.device == "auto" and device.startswith("cuda") and model.backend == "onnx" and not _ort_has_cuda():
+        device = "cpu"  # a GPU, but only the CPU onnxruntime and no torch weights: run where we can
+    batch_size = job.batch_size or (64 if device.startswith("cuda") else 16)
+    engine = make_engine(model, device, job.precision, job.compile, job.threads, batch_size)
+    summary.device, summary.provider = device, engine.provider
+    summary.load_seconds = time.perf_counter() - started
+    try:
+        size = model.input_size or engine.input_size
+        if not size:
+            raise TagLoomError(f"{model.path}: cannot tell the model's input size (no config.json, dynamic ONNX input)")
+        decode = job.decode if job.decode != "auto" else ("gpu" if device.startswith("cuda") and engine.name == "torch" else "cpu")
+        if decode == "gpu":
+            from tagloom.caption.gpu import TorchDecoder
+
+            try:
+                decoder = TorchDecoder(size, device, job.workers)
+            except ImportError as e:
+                raise TagLoomError(f"--decode gpu needs torch and torchvision: {e}") from e
+            batches = lambda: _gpu_batches(decoder, todo, batch_size)  # noqa: E731
+        else:
+            from tagloom.caption.decode import CpuDecoder
+
+            decoder = CpuDecoder(size, job.workers, job.decode_mode)
+            batches = lambda: _cpu_batches(decoder, todo, batch_size)  # noqa: E731
+    except BaseException:
+        engine.close()
+        raise
+
+    decoded: queue.Queue = queue.Queue(maxsize=2)
+    results: queue.Queue = queue.Queue(maxsize=4)
+    lock = threading.Lock()
+    counts = {"finished": 0}
+
+    def fail(path, reason):
+        with lock:
+            summary.failed.append((relative_name(Path(path), root), reason))
+            counts["finished"] += 1
+
+    def read(stage):
+        with decoder:
+            for item in batches():
+                if not _put(decoded, item, stage):
+                    return
+        _put(decoded, _END, stage)
+
+    def write(stage):
+        while True:
+            try:
+                item = results.get(timeout=0.1)
+            except queue.Empty:
+                if stage.stop.is_set():  # cancelled: what was queued is written, then stop
+                    return
+                continue
+            if item is _END:
+                return
+            paths, probs, failed = item
+            for path, reason in failed:
+                fail(path, reason)
+            for i, path in enumerate(paths):
+                if isinstance(probs, list) and probs[i] is None:
+                    continue  # failed in the engine, already reported
+                try:
+                    result = model.interpret(probs[i], file=relative_name(path, root))
+                    sink.write(path, result)
+                except OSError as e:  # a disk/permission problem on one caption
+                    fail(path, f"cannot write its caption: {e}")
+                    continue
+                except Exception as e:  # noqa: BLE001 - never let one image stop the run
+                    fail(path, f"{type(e).__name__}: {e}")
+                    continue
+                with lock:
+                    summary.done += 1
+                    counts["finished"] += 1
+            try:
+                sink.flush()
+            except OSError as e:
+                raise TagLoomError(f"cannot write {sink.describe()}: {e}") from e
+
+    reader = _Stage("tagloom-caption-read", read)
+    writer = _Stage("tagloom-caption-write", write)
+    progress.start(len(todo))
+    reported = 0
+
+    def report():
+        nonlocal reported
+        with lock:
+            now = counts["finished"]
+        if now > reported:
+            progress.advance(now - reported)  # may raise: the user cancelled
+            reported = now
+
+    reader.start()
+    writer.start()
+    try:
+        while True:
+            try:
+                item = decoded.get(timeout=0.5)
+            except queue.Empty:
+                if reader.error:
+                    raise reader.error
+                if writer.error:
+                    raise writer.error
+                report()
+                continue
+            if item is _END:
+                break
+            pixels, paths, failed = item
+            progress.check()
+            probs = _predict(engine, pixels, paths, failed) if paths else None
+            if isinstance(probs, np.ndarray) and probs.shape[-1] != len(model.labels):
+                raise TagLoomError(f"{model.path}: the model gives {probs.shape[-1]} scores per image but its "
+                                   f"label list has {len(model.labels)} tags (a selected_tags.csv from another model?)")
+            while not _put(results, (paths, probs, failed), writer):
+                pass
+            if writer.error:
+                raise writer.error
+            report()
+        if reader.error:
+            raise reader.error
+        results.put(_END)
+        writer.join()
+        if writer.error:
+            raise writer.error
+        report()
+    finally:
+        reader.stop.set()
+        writer.stop.set()  # the writer finishes the batches already computed, then stops
+        # Let the reader see the stop flag, then wait for it so no decode thread outlives the job.
+        while reader.is_alive():
+            try:
+                decoded.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        writer.join(timeout=30)
+        engine.close()
+
+
+def _predict(engine, pixels, paths, failed):
+    """One batch through the engine. If the batch fails, images go one by one so that a single
+    problem image (or an out-of-memory batch) costs only its own caption."""
+    try:
+        return engine.predict(pixels)
+    except Exception as batch_error:  # noqa: BLE001
+        out = []
+        for i, path in enumerate(paths):
+            try:
+                out.append(engine.predict(pixels[i : i + 1])[0])
+            except Exception as e:  # noqa: BLE001
+                failed.append((path, f"the model failed on it: {e}"))
+                out.append(None)
+        if all(p is None for p in out) and len(paths) > 1:
+            raise TagLoomError(f"the model fails on every image of a batch: {batch_error}") from batch_error
+        return out

@@ -1,0 +1,167 @@
+"""The public tagging API (stable: the batch captioner and the trainer build on it; docs/tagger.md).
+
+    tagger = load_tagger("SmilingWolf/wd-eva02-large-tagger-v3", backend="auto", device="auto")
+    tagger.input_size, tagger.labels, tagger.thresholds, tagger.backend, tagger.device, tagger.provider
+    x = np.stack([tagger.preprocess(pil_image) for pil_image in images])   # model-native layout
+    probs = tagger.predict(x)                     # (N, L) float32 sigmoid probabilities
+    result = interpret(probs[0], tagger.labels, tagger.thresholds, FormatOptions())  # -> TagResult
+    results = tagger.tag_images([path_or_pil, ...])                          # all of the above
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from tagloom.errors import TagLoomError
+from tagloom.tagger.formatting import FormatOptions
+from tagloom.tagger.images import load_image
+from tagloom.tagger.labels import Labels, read_labels
+from tagloom.tagger.preprocess import PREPROCESSORS
+from tagloom.tagger.registry import ResolvedModel, resolve_model
+from tagloom.tagger.result import TagResult, interpret
+from tagloom.tagger.thresholds import Thresholds, model_thresholds
+
+
+class Tagger:
+    """A loaded tagger model: preprocessing, inference and interpretation for one model folder."""
+
+    def __init__(self, resolved: ResolvedModel, runner, labels: Labels, thresholds: Thresholds):
+        self.model_dir: Path = resolved.path
+        self.name: str = resolved.spec.repo_id if resolved.spec else str(resolved.path)
+        self.family: str = resolved.family  # "wd" | "joytag"
+        self.backend: str = runner.name  # "onnx" | "torch"
+        self.runner = runner
+        self.labels = labels
+        self.thresholds = thresholds  # the model's defaults (threshold.json or built-in)
+        size = getattr(runner, "input_size", None)
+        if not size:
+            size = 448
+        self.input_size: int = int(size)
+        self._preprocess = PREPROCESSORS[self.family]
+
+    # --- what the backend really uses -----------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """'cpu' or 'cuda' as really used (ONNX Runtime may fall back to the CPU silently)."""
+        return self.runner.device
+
+    @property
+    def provider(self) -> str:
+        """ONNX Runtime's execution provider in use, or 'torch:<device>'."""
+        return self.runner.provider
+
+    @property
+    def layout(self) -> str:
+        """'NHWC' (wd-v3: BGR 0..255) or 'NCHW' (JoyTag: RGB, CLIP mean/std)."""
+        return "NCHW" if self.family == "joytag" else "NHWC"
+
+    # --- the steps ------------------------------------------------------------------------------
+    def preprocess(self, image) -> np.ndarray:
+        """A PIL image (any mode) -> one model input without the batch axis, float32."""
+        if image.mode not in ("RGB", "RGBA"):
+            from tagloom.tagger.images import ensure_rgba_or_rgb
+
+            image = ensure_rgba_or_rgb(image)
+        return self._preprocess(image, self.input_size)
+
+    def preprocess_file(self, path) -> np.ndarray:
+        """An image file -> one model input; bad files raise InputFileError naming the file."""
+        return self.preprocess(load_image(path, max_side_hint=max(self.input_size * 2, 1024)))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, ...) model inputs -> (N, L) float32 probabilities."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[None]
+        if batch.shape[0] == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return self.runner.run(batch)
+
+    def predict_tensor(self, batch):
+        """A torch tensor batch -> torch probabilities on the backend's device. On the torch backend
+        nothing leaves the GPU; on ONNX it round-trips through numpy."""
+        return self.runner.run_tensor(batch)
+
+    def interpret(self, probs_row, thresholds: Thresholds | None = None, options: FormatOptions | None = None,
+                  file: str | None = None) -> TagResult:
+        return interpret(probs_row, self.labels, thresholds or self.thresholds, options, file)
+
+    def tag_images(
+        self,
+        images: Iterable,
+        thresholds: Thresholds | None = None,
+        options: FormatOptions | None = None,
+        batch_size: int = 8,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[TagResult]:
+        """PIL images and/or file paths -> one TagResult each, in order.
+
+        ``progress(done, total)`` is called after every batch; it may raise to cancel (ComfyUI's
+        ProgressBar does). A bad file raises InputFileError naming it.
+        """
+        items = list(images)
+        total = len(items)
+        results: list[TagResult] = []
+        for start in range(0, total, max(1, int(batch_size))):
+            chunk = items[start : start + max(1, int(batch_size))]
+            arrays, files = [], []
+            for item in chunk:
+                if isinstance(item, (str, os.PathLike)):
+                    arrays.append(self.preprocess_file(item))
+                    files.append(str(item))
+                else:
+                    arrays.append(self.preprocess(item))
+                    files.append(getattr(item, "filename", None) or None)
+            probs = self.predict(np.stack(arrays))
+            results.extend(self.interpret(p, thresholds, options, f) for p, f in zip(probs, files))
+            if progress is not None:
+                progress(len(results), total)
+        return results
+
+    def unload(self) -> None:
+        """Free the weights (the object is unusable afterwards)."""
+        if self.runner is not None:
+            self.runner.unload()
+
+    def __repr__(self) -> str:
+        return f"Tagger({self.name!r}, backend={self.backend}, device={self.device}, provider={self.provider}, labels={len(self.labels)})"
+
+
+def load_tagger(name_or_dir: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto",
+                precision: str = "fp32") -> Tagger:
+    """Load a tagger by name, repo id or folder (downloaded on first use). See the module docstring.
+
+    ``precision`` (torch backend only): fp32 (default, matches ONNX), bf16 or fp16 autocast on GPUs.
+    """
+    resolved = resolve_model(name_or_dir, backend)
+    labels = read_labels(resolved.path)
+    base = resolved.spec.thresholds if resolved.spec and resolved.spec.thresholds else Thresholds()
+    thresholds = model_thresholds(resolved.path, base)
+    if resolved.backend == "onnx":
+        from tagloom.tagger.backends import OnnxBackend
+
+        runner = OnnxBackend(resolved.path / "model.onnx", device,
+                             output="logits" if resolved.family == "joytag" else "probs")
+    else:
+        from tagloom.tagger.backends import TorchBackend
+
+        runner = TorchBackend(resolved.path, device, precision)
+    tagger = Tagger(resolved, runner, labels, thresholds)
+    # Catch a label list that does not belong to the weights now, not on the first image.
+    n_out = _output_count(runner)
+    if n_out is not None and n_out != len(labels):
+        tagger.unload()
+        raise TagLoomError(f"{resolved.path}: the model has {n_out} outputs but its label list has {len(labels)} tags")
+    return tagger
+
+
+def _output_count(runner) -> int | None:
+    if runner.name == "onnx":
+        shape = runner.session.get_outputs()[0].shape
+        return shape[-1] if shape and isinstance(shape[-1], int) else None
+    head = getattr(getattr(runner.module, "model", None), "num_classes", None)
+    return int(head) if isinstance(head, int) else None

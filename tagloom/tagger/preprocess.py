@@ -1,0 +1,93 @@
+"""Image -> model input, exactly as each model family's reference does it (PIL + numpy only).
+
+wd-v3 (SmilingWolf's reference tagger): alpha composited on white, centred on a white square of the
+long side, bicubic resize to the model's size (skipped when already that size), float32 0..255,
+RGB -> BGR, HWC. The batch is NHWC.
+
+JoyTag (fpgaminer/joytag's reference): centred on a white square, bicubic resize (skipped when
+already that size), 0..1, normalised with CLIP's mean/std, RGB, CHW. The batch is NCHW. The
+reference drops alpha with ``convert("RGB")`` (transparent pixels keep whatever colour they store,
+often black); we composite on white as for wd-v3, which is identical for opaque images and what
+users expect for transparent ones.
+
+tests/test_tagger_preprocess.py checks both against a plain re-statement of the reference steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def composite_on_white(img):
+    """RGBA (or any mode with alpha) -> RGB over white; RGB passes through."""
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    rgba = img.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    canvas.alpha_composite(rgba)
+    return canvas.convert("RGB")
+
+
+def pad_square_white(img):
+    """Centre an RGB image on a white square whose side is the image's long side."""
+    from PIL import Image
+
+    w, h = img.size
+    side = max(w, h)
+    if w == h:
+        return img
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(img, ((side - w) // 2, (side - h) // 2))
+    return square
+
+
+def square_resized(img, size: int):
+    """Composite, pad and bicubic-resize: the part both families share."""
+    from PIL import Image
+
+    square = pad_square_white(composite_on_white(img))
+    if square.size[0] != size:
+        square = square.resize((size, size), Image.BICUBIC)
+    return square
+
+
+def wd_preprocess(img, size: int) -> np.ndarray:
+    """wd-v3 input for one image: (size, size, 3) float32, BGR, 0..255."""
+    arr = np.asarray(square_resized(img, size), dtype=np.float32)
+    return np.ascontiguousarray(arr[:, :, ::-1])
+
+
+def joytag_preprocess(img, size: int) -> np.ndarray:
+    """JoyTag input for one image: (3, size, size) float32, RGB, CLIP-normalised."""
+    arr = np.asarray(square_resized(img, size), dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+
+
+PREPROCESSORS = {"wd": wd_preprocess, "joytag": joytag_preprocess}
+
+
+def comfy_image_to_pil(image) -> list:
+    """ComfyUI IMAGE (torch float B,H,W,C in 0..1, C = 3 or 4) -> list of PIL images.
+
+    Values are rounded to the nearest 8-bit level (LoadImage stores k/255 in float32; truncating
+    255*x as SaveImage does would turn some k into k-1), so tagging an image loaded in ComfyUI sees
+    exactly the pixels of the file.
+    """
+    from PIL import Image
+
+    arr = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image, np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    out = []
+    for frame in arr:
+        u8 = np.clip(np.rint(frame * 255.0), 0, 255).astype(np.uint8)
+        if u8.shape[-1] == 1:
+            u8 = np.repeat(u8, 3, axis=-1)
+        out.append(Image.fromarray(u8, "RGBA" if u8.shape[-1] == 4 else "RGB"))
+    return out

@@ -1,0 +1,492 @@
+"""The tagger training loop.
+
+Runs unchanged as one process or under ``torchrun``/``accelerate launch`` (it reads WORLD_SIZE,
+RANK and LOCAL_RANK and wraps the model in DDP). Determinism is what makes resume exact: the data
+order and every random draw of an epoch derive from (seed, epoch), and a checkpoint is written at
+the end of every epoch, so a run killed in epoch k and resumed reruns epoch k from the same state
+and ends with the same weights as an uninterrupted run (on the same device and settings).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from tagloom.errors import InputFileError, TagLoomError
+from training.progress import is_main_process, log, report
+from training.tagger.options import TaggerOptions
+
+DEFAULT_MEAN = (0.5, 0.5, 0.5)  # the wd taggers' normalisation (not timm's CLIP mean/std)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+# --- data ---------------------------------------------------------------------------------------
+def load_dataset(opts: TaggerOptions):
+    """(train [(source, caption)], val [(source, caption)], tags [(name, category, count)]).
+
+    ``opts.dataset`` may be a folder prepared by `tagloom train prepare` (split.json +
+    selected_tags.csv, optionally ``shards/`` tar shards, read instead of the original files) or a
+    raw dataset folder, which is prepared here into OUT/dataset. A source is an image path or a
+    training.data.shards.ShardMember.
+    """
+    from training.data import prepare as prep
+
+    ds = Path(opts.dataset)
+    prepared_dir = Path(opts.out) / "dataset"
+    if (ds / "split.json").is_file() and (ds / "selected_tags.csv").is_file():
+        prepared_dir = ds
+    elif not (opts.resume and (prepared_dir / "split.json").is_file()):  # resume keeps the first split
+        result = prep.prepare(ds, opts.min_count, opts.val_fraction, opts.seed, log=log)
+        for p in result.problems:
+            log(f"{p.kind}: {p.path}: {p.detail}")
+        tags = result.tags
+        if is_main_process():
+            prep.write(result, prepared_dir, opts.min_count, opts.val_fraction, opts.seed)
+        return ([(i.path, i.caption or "") for i in result.train], [(i.path, i.caption or "") for i in result.val], tags)
+    tags = prep.read_selected_tags(prepared_dir / "selected_tags.csv")
+    shards = prepared_dir / "shards"
+    if shards.is_dir():
+        from training.data.shards import read_shards
+
+        train = [(m, text) for m, text, _k in read_shards(sorted(shards.glob("train-*.tar")))]
+        val = [(m, text) for m, text, _k in read_shards(sorted(shards.glob("val-*.tar")))]
+        log(f"reading {len(train)} + {len(val)} images from the tar shards in {shards}")
+        return train, val, tags
+    root, train_rels, val_rels = prep.load_split(prepared_dir)
+    return [(root / r, _caption(root / r)) for r in train_rels], [(root / r, _caption(root / r)) for r in val_rels], tags
+
+
+def _caption(path: Path) -> str:
+    from training.data.dataset import CAPTION_EXTS, read_caption
+
+    for ext in CAPTION_EXTS:
+        if path.with_suffix(ext).is_file():
+            return read_caption(path.with_suffix(ext))
+    return ""
+
+
+def _labels(captions: list[str], index: dict[str, int]) -> list[list[int]]:
+    from training.data.dataset import canonical_tag, split_tags
+    from training.data.prepare import RATING_TAGS
+
+    out = []
+    for caption in captions:
+        names = {RATING_TAGS.get(canonical_tag(t), canonical_tag(t)) for t in split_tags(caption)}
+        out.append(sorted(index[n] for n in names if n in index))
+    return out
+
+
+# --- model --------------------------------------------------------------------------------------
+def create_network(opts: TaggerOptions, num_classes: int):
+    """(model, config.json dict). Models that take no img_size (CNNs) are built without it."""
+    import timm
+
+    kwargs = dict(opts.model_args)
+    pretrained = opts.init == "timm" or (opts.init or "").startswith("hf-hub:")
+    name = opts.init if (opts.init or "").startswith("hf-hub:") else opts.model_name
+    if opts.model_name not in timm.list_models():
+        from tagloom.errors import TagLoomError
+
+        raise TagLoomError(f"--model-name {opts.model_name!r}: not a timm model name (see timm.list_models())")
+    if opts.image_size:
+        size = opts.image_size
+    else:  # the model's own input size, read from its registry entry (no weights built)
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(opts.model_name)
+        size = int(cfg.input_size[-1]) if cfg is not None else 224
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, img_size=size, **kwargs)
+        kwargs["img_size"] = size
+    except TypeError:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    config = {
+        "architecture": opts.model_name,
+        "num_classes": num_classes,
+        "model_args": kwargs,
+        "pretrained_cfg": {
+            "input_size": [3, size, size], "mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD),
+            "interpolation": "bicubic", "crop_pct": 1.0, "channel_order": "BGR",
+        },
+    }
+    if opts.init and not pretrained:
+        init_from(model, Path(opts.init), opts)
+    return model, config
+
+
+def _read_weights(path: Path) -> dict:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def init_from(model, path: Path, opts: TaggerOptions) -> None:
+    """Load weights into the model: same-shaped tensors are taken, the rest (usually the head,
+    whose width is our vocabulary) keep their fresh init. From a wd model folder with its own
+    selected_tags.csv, head rows of tags both vocabularies share are copied by name."""
+    import importlib
+
+    folder_tags = None
+    if path.is_dir():
+        if (path / "selected_tags.csv").is_file():
+            from training.data.prepare import read_selected_tags
+
+            folder_tags = [t[0] for t in read_selected_tags(path / "selected_tags.csv")]
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise InputFileError(path, "init weights not found")
+    try:
+        state = _read_weights(path)
+    except Exception as e:
+        raise InputFileError(path, f"cannot be read as weights: {e}") from e
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    module = importlib.import_module(type(model).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:  # resizes position embeddings to our image size, renames old layouts
+            state = filter_fn(state, model)
+        except Exception as e:
+            log(f"init: timm's checkpoint filter failed ({e}); loading as is")
+    own = model.state_dict()
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_names = {n for n, p in model.named_parameters() if head is not None and any(p is q for q in head.parameters())}
+    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    tag_names = getattr(opts, "_tag_names", None)
+    if folder_tags and tag_names:
+        index = {t: i for i, t in enumerate(folder_tags)}
+        for k in head_names:
+            if k in state and k not in take and state[k].shape[0] == len(folder_tags):
+                merged = own[k].clone()
+                for j, name in enumerate(tag_names):
+                    if name in index:
+                        merged[j] = state[k][index[name]]
+                take[k] = merged
+    missing = [k for k in own if k not in take]
+    model.load_state_dict(take, strict=False)
+    log(f"init: {len(take)} tensors from {path}; {len(missing)} fresh ({', '.join(missing[:4])}{'...' if len(missing) > 4 else ''})")
+
+
+# --- schedule -----------------------------------------------------------------------------------
+def lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+# --- distributed --------------------------------------------------------------------------------
+def setup_distributed(device_opt: str):
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_opt == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(device_opt)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device, world, int(os.environ.get("RANK", "0"))
+
+
+def shard(indices: list[int], world: int, rank: int) -> list[int]:
+    if world == 1:
+        return indices
+    per = math.ceil(len(indices) / world)
+    padded = indices + indices[: per * world - len(indices)]
+    return padded[rank::world]
+
+
+# --- loop ---------------------------------------------------------------------------------------
+def _autocast(device, precision: str):
+    import contextlib
+
+    import torch
+
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+def _predict(model, loader, device, precision):
+    import numpy as np
+    import torch
+
+    probs, targets = [], []
+    model.eval()
+    with torch.no_grad():
+        for x, y in loader:
+            with _autocast(device, precision):
+                logits = model(x.to(device, non_blocking=True))
+            probs.append(torch.sigmoid(logits.float()).cpu())
+            targets.append(y)
+    model.train()
+    if not probs:
+        return np.zeros((0, 0)), np.zeros((0, 0))
+    return torch.cat(probs).numpy(), torch.cat(targets).numpy()
+
+
+def _gather(array, world):
+    import numpy as np
+    import torch
+
+    if world == 1:
+        return array
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
+def _rng_state():
+    import random
+
+    import numpy as np
+    import torch
+
+    return {"torch": torch.get_rng_state(), "python": repr(random.getstate()), "numpy": repr(np.random.get_state())}
+
+
+def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | None = None) -> Path:
+    """Train and write the model folder; returns its path. ``on_epoch(epoch, metrics)`` is called
+    after each epoch's checkpoint (tests use it to simulate a kill)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from tagloom.tagger.export import export_onnx
+    from training.data.prepare import write_selected_tags
+    from training.tagger.data import TaggerDataset
+    from training.tagger.losses import make_loss
+    from training.tagger.metrics import evaluate
+
+    out = Path(opts.out)
+    ckpt_dir = out / "checkpoints"
+    if is_main_process():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    device, world, rank = setup_distributed(opts.device)
+    precision = opts.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+    train_items, val_items, tags = load_dataset(opts)
+    names = [t[0] for t in tags]
+    categories = [t[1] for t in tags]
+    index = {n: i for i, n in enumerate(names)}
+    opts._tag_names = names  # for head-row transfer in init_from
+    torch.manual_seed(opts.seed)
+    model, config = create_network(opts, len(names))
+    size = config["pretrained_cfg"]["input_size"][-1]
+    mean, std = config["pretrained_cfg"]["mean"], config["pretrained_cfg"]["std"]
+    if opts.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+    model.to(device)
+
+    train_ds = TaggerDataset([s for s, _c in train_items], _labels([c for _s, c in train_items], index), len(names),
+                             size, mean, std, augment=opts.augment == "trivial")
+    val_ds = TaggerDataset([s for s, _c in val_items], _labels([c for _s, c in val_items], index), len(names), size,
+                           mean, std)
+    if len(train_ds) == 0:
+        raise TagLoomError(f"{opts.dataset}: no training images after the split")
+
+    from timm.optim import create_optimizer_v2
+
+    lr = opts.lr if opts.lr is not None else (2e-3 if opts.optimizer == "lamb" else 1e-4)
+    extra = {"fused": True} if device.type == "cuda" and opts.optimizer == "adamw" else {}  # one kernel per step
+    optimizer = create_optimizer_v2(model, opt=opts.optimizer, lr=lr, weight_decay=opts.weight_decay, **extra)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 parts (head, loss) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    per_rank = math.ceil(len(train_ds) / world)
+    batches = math.ceil(per_rank / opts.batch_size)
+    steps_per_epoch = math.ceil(batches / opts.grad_accum)
+    total_steps = steps_per_epoch * opts.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(opts.warmup * total_steps)))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loss_fn = make_loss(opts.loss)
+
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if opts.compile:
+        train_model = torch.compile(train_model)
+
+    start_epoch, step, best_f1, bad_epochs, history = 0, 0, -1.0, 0, []
+    last = ckpt_dir / "last.pt"
+    if opts.resume and last.is_file():
+        state = torch.load(str(last), map_location="cpu", weights_only=True)
+        if list(state["tags"]) != names:
+            raise InputFileError(last, "checkpoint was trained on a different tag list (selected_tags.csv changed)")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        best_f1, bad_epochs = float(state["best_f1"]), int(state["bad_epochs"])
+        history = json.loads(state["history"])
+        log(f"resumed from {last} after epoch {start_epoch}")
+    elif opts.resume:
+        log(f"--resume: no checkpoint at {last}; starting fresh")
+
+    loader_kw = dict(batch_size=opts.batch_size, num_workers=opts.workers, pin_memory=device.type == "cuda",
+                     persistent_workers=False)
+    val_loader = torch.utils.data.DataLoader(val_ds, shuffle=False,
+                                             sampler=shard(list(range(len(val_ds))), world, rank) if world > 1 else None,
+                                             **loader_kw)
+    report(event="start", kind="tagger", total=total_steps, step=step, epochs=opts.epochs, images=len(train_ds),
+           tags=len(names), device=str(device), precision=precision)
+    t_start = time.time()
+    model.train()
+    for epoch in range(start_epoch, opts.epochs):
+        # every random draw of this epoch derives from (seed, epoch): shuffle, augmentation, drop-path
+        torch.manual_seed(opts.seed * 100003 + epoch)
+        g = torch.Generator().manual_seed(opts.seed * 100003 + epoch)
+        order = torch.randperm(len(train_ds), generator=g).tolist()
+        loader = torch.utils.data.DataLoader(train_ds, sampler=shard(order, world, rank), generator=g, **loader_kw)
+        optimizer.zero_grad(set_to_none=True)
+        running, seen, t_epoch = 0.0, 0, time.time()
+        for b, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            last_micro = (b + 1) % opts.grad_accum == 0 or b + 1 == len(loader)
+            sync = world == 1 or last_micro
+            ctx = train_model.no_sync() if (world > 1 and not sync and hasattr(train_model, "no_sync")) else _null()
+            with ctx:
+                with _autocast(device, precision):
+                    logits = train_model(x)
+                loss = loss_fn(logits.float(), y)
+                scaler.scale(loss * opts.loss_multiplier / opts.grad_accum).backward()
+            running += float(loss.detach()) * len(x)
+            seen += len(x)
+            if last_micro:
+                scaler.unscale_(optimizer)
+                if opts.loss_multiplier != 1.0:
+                    for p in model.parameters():
+                        if p.grad is not None:
+                            p.grad.div_(opts.loss_multiplier)
+                if opts.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                report(step=step, total=total_steps, epoch=epoch + 1, loss=running / max(1, seen),
+                       lr=scheduler.get_last_lr()[0])
+        epoch_time = time.time() - t_epoch
+        probs, targets = _predict(model, val_loader, device, precision)
+        probs, targets = _gather(probs, world), _gather(targets, world)
+        metrics = evaluate(probs, targets, categories) if len(probs) else {"macro_f1": 0.0, "map": 0.0, "threshold": 0.5}
+        metrics.update(epoch=epoch + 1, train_loss=running / max(1, seen), images_per_s=seen * world / max(epoch_time, 1e-9))
+        history.append(metrics)
+        improved = metrics["macro_f1"] > best_f1
+        if improved:
+            best_f1, bad_epochs = metrics["macro_f1"], 0
+        else:
+            bad_epochs += 1
+        if is_main_process():
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            if improved:
+                save_file(weights, str(ckpt_dir / "best.safetensors"))
+                (ckpt_dir / "best.json").write_text(json.dumps(metrics, indent=1))
+            tmp = ckpt_dir / "last.pt.tmp"
+            torch.save({
+                "model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "best_f1": best_f1,
+                "bad_epochs": bad_epochs, "history": json.dumps(history), "tags": names, "rng": _rng_state(),
+            }, str(tmp))
+            os.replace(tmp, last)  # atomic: a kill while saving leaves the previous checkpoint intact
+        report(event="epoch", epoch=epoch + 1, step=step, total=total_steps, loss=metrics["train_loss"],
+               val_f1=metrics["macro_f1"], val_map=metrics["map"], threshold=metrics["threshold"])
+        log(f"epoch {epoch + 1}/{opts.epochs}: loss {metrics['train_loss']:.4f}, val macro-F1@P=R "
+            f"{metrics['macro_f1']:.4f} (t={metrics['threshold']:.2f}), mAP {metrics['map']:.4f}, "
+            f"{metrics['images_per_s']:.1f} img/s")
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if opts.patience and bad_epochs >= opts.patience:
+            log(f"early stopping: validation F1 did not improve for {bad_epochs} epochs")
+            break
+
+    if world > 1:
+        torch.distributed.barrier()
+    if not is_main_process():
+        return out
+    # the final folder holds the best epoch's weights, with thresholds calibrated on them
+    from safetensors.torch import load_file
+
+    best = ckpt_dir / "best.safetensors"
+    if best.is_file():
+        model.load_state_dict(load_file(str(best)))
+        metrics = json.loads((ckpt_dir / "best.json").read_text())
+    else:
+        metrics = history[-1] if history else {}
+    write_model_folder(model, config, tags, metrics, history, out, opts.onnx)
+    report(event="done", out=str(out), seconds=time.time() - t_start, val_f1=metrics.get("macro_f1"))
+    log(f"wrote {out}")
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def threshold_json(metrics: dict) -> dict:
+    """threshold.json: the global P=R threshold plus one per category (the interrogation core reads
+    ``general``/``character``/``artist``/``rating`` keys; ``threshold`` is the fallback)."""
+    t = float(metrics.get("threshold", 0.5))
+    out = {"threshold": t}
+    for cat, m in (metrics.get("per_category") or {}).items():
+        out[cat] = float(m["threshold"]) if m.get("tags_evaluated") else t
+    for cat in ("general", "character", "artist", "rating"):
+        out.setdefault(cat, t)
+    out["calibration"] = metrics.get("metric", "macro F1 at P=R on validation")
+    out["macro_f1"] = float(metrics.get("macro_f1", 0.0))
+    return out
+
+
+def write_model_folder(model, config: dict, tags, metrics: dict, history: list, out: Path, onnx: bool = True) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from tagloom.tagger.export import export_onnx
+    from training.data.prepare import write_selected_tags
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu").float().eval()
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    write_selected_tags(out / "selected_tags.csv", tags)
+    (out / "threshold.json").write_text(json.dumps(threshold_json(metrics), indent=2))
+    (out / "metrics.json").write_text(json.dumps({"best": metrics, "history": history}, indent=1))
+    if onnx:
+        import importlib.util
+
+        if importlib.util.find_spec("onnx") is None:
+            # ComfyUI installs often lack the `onnx` package the exporter needs: the folder still
+            # works (torch backend), so a finished training run must not fail here.
+            log("model.onnx not written: the `onnx` package is not installed (pip install onnx); "
+                "the folder loads with the torch backend")
+            return
+        size = config["pretrained_cfg"]["input_size"][-1]
+        export_onnx(model, out / "model.onnx", size, config["pretrained_cfg"]["mean"], config["pretrained_cfg"]["std"])
