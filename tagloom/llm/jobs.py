@@ -221,7 +221,8 @@ def run_task(
     def ask(batch: list[str]) -> list[str]:
         """One request; returns the tags that need to be asked again alone."""
         schema = _keyed(task, batch)
-        max_tokens = 64 + task.out_tokens_per_tag * len(batch)
+        # a cap, not a cost: twice the expected answer, so a verbose model is not cut mid-JSON
+        max_tokens = 64 + 2 * task.out_tokens_per_tag * len(batch)
         try:
             res = provider.chat_json(task.system, task.user_prompt(batch), schema, max_tokens=max_tokens)
         except LLMOutputError as e:
