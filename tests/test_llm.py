@@ -94,7 +94,10 @@ def test_openai_422_on_json_schema_falls_back_to_json_object_with_schema(openai_
     schema = keyed_schema(["sword"], item_schema())
     res = p.chat_json("system", "Tags:\nsword", schema)
     assert res.mode == "json_object"
-    assert openai_server.requests[-1]["response_format"] == {"type": "json_object", "schema": schema}
+    sent = openai_server.requests[-1]["response_format"]
+    assert sent["type"] == "json_object"
+    assert sent["schema"]["$defs"]["item"]["properties"]["reason"] == {"type": "string", "maxLength": 160}
+    assert sent["schema"]["properties"] == schema["properties"]
 
 
 def test_concurrent_requests_share_one_fallback(openai_server, db):

@@ -249,7 +249,10 @@ class OpenAIProvider(Provider):
         elif mode == "json_object":
             # "schema" beside json_object is llama-cpp-python's way to constrain output to a schema
             # (its server has no json_schema type); other servers ignore it.
-            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+            # Free strings get a maxLength there: a grammar then cannot let a small model ramble
+            # past the token cap and cut the JSON (OpenAI's strict json_schema mode rejects
+            # maxLength, so it is only added here).
+            kwargs["response_format"] = {"type": "json_object", "schema": bound_strings(schema)}
         try:
             resp = self._client.chat.completions.create(**kwargs)
         except openai.RateLimitError as e:
@@ -342,6 +345,18 @@ class OllamaProvider(Provider):
             self._client.generate(model=self.model, prompt="", keep_alive=0)
         except Exception as e:  # unloading is best effort
             log.info("%s: unload failed: %s", self, e)
+
+
+def bound_strings(schema, max_length: int = 160):
+    """A copy of ``schema`` where every free string (no enum, no maxLength) has ``maxLength``."""
+    if isinstance(schema, dict):
+        out = {k: bound_strings(v, max_length) for k, v in schema.items()}
+        if out.get("type") == "string" and "enum" not in out and "maxLength" not in out:
+            out["maxLength"] = max_length
+        return out
+    if isinstance(schema, list):
+        return [bound_strings(v, max_length) for v in schema]
+    return schema
 
 
 def _error_text(e) -> str:
