@@ -22,7 +22,7 @@ import numpy as np
 
 from tagloom.errors import CancelledError
 from tagloom.search.embedders import get_embedder
-from tagloom.search.dense import dense_store, resolve_store
+from tagloom.search.dense import NumpyStore, dense_store, resolve_store
 from tagloom.search.semantic import collection_name, index_dir, open_index_db
 from tagloom.search.text import entry_text, text_hash
 from tagloom.tags.db import TagDB, default_path
@@ -66,7 +66,7 @@ def build_index(
         # starting it empty (it may hold rows from before an earlier switch).
         conn.execute("DELETE FROM entries")
         conn.commit()
-        (folder / "dense.bin").unlink(missing_ok=True)
+        (folder / NumpyStore.FILE).unlink(missing_ok=True)
     coll = dense_store(folder, store_kind, name, emb.dim)
     if switched and store_kind == "chroma":
         old = coll.get(include=[])["ids"]

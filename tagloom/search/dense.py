@@ -6,7 +6,8 @@ Both answer the part of chromadb's collection interface the index uses: ``upsert
 
 Why a numpy store: the A1111/Forge WebUI pins pydantic 1 and protobuf 3.20, and chromadb does not
 install beside them (docs/install.md). Brute force is exact and fast enough for a tag list: one
-matrix product over 150k x 384 takes about 4 ms per query (../shared/notes/dependencies.md).
+matrix product over 150k x 384 float32 (230 MB read, so memory-bound) per query: 3.9 ms in
+../shared/notes/dependencies.md, 20 ms p50 on this busy 2-core machine (docs/search.md).
 The setting ``search_store`` picks: ``auto`` (chromadb when it imports, else numpy), ``chroma``,
 ``numpy``. An index remembers the store it was built with.
 """
