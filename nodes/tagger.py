@@ -53,15 +53,9 @@ def _hook_comfy_unload() -> None:
 
 
 def _model_choices() -> list[str]:
-    from tagloom.tagger.registry import KNOWN_MODELS, known_model_names, list_local_models
+    from tagloom.tagger.registry import model_choices
 
-    names = known_model_names()
-    known_short = {m.short_name for m in KNOWN_MODELS}
-    try:
-        local = [n for n in list_local_models() if n not in known_short]
-    except Exception:  # never break /object_info over an unreadable folder
-        local = []
-    return names + local
+    return model_choices()
 
 
 class TagLoomTaggerLoader:

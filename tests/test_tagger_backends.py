@@ -91,6 +91,33 @@ def test_cuda_request_without_gpu_is_an_error_not_a_silent_cpu_run():
         load_tagger(tiny_model(), backend="onnx", device="cuda")
 
 
+def test_one_onnx_session_for_tagger_and_caption_engine(tmp_path):
+    """tagger.backends.onnx_session serves both: ONNX Runtime's defaults for one interactive image,
+    fixed threads without spinning for the caption engine; the same errors for both."""
+    import onnxruntime as ort
+
+    from tagloom.caption.engines import OnnxEngine
+    from tagloom.tagger.backends import OnnxBackend, onnx_session
+
+    d = tiny_model()
+    session, provider, device = onnx_session(d / "model.onnx", "cpu", threads=1, spinning=False)
+    opts = session.get_session_options()
+    assert (provider, device) == ("CPUExecutionProvider", "cpu")
+    assert opts.intra_op_num_threads == 1 and opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    engine = OnnxEngine(d, "wd", "cpu", threads=1)
+    assert engine.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert OnnxBackend(d / "model.onnx", "cpu").session.get_session_options().intra_op_num_threads == 0  # ORT's default
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not onnx")
+    for make in (lambda: OnnxBackend(bad, "cpu"), lambda: OnnxEngine(tmp_path, "wd", "cpu")):
+        with pytest.raises(InputFileError, match="cannot be loaded by ONNX Runtime"):
+            make()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        for make in (lambda: OnnxBackend(d / "model.onnx", "cuda"), lambda: OnnxEngine(d, "wd", "cuda")):
+            with pytest.raises(TagLoomError, match="no CUDA provider"):
+                make()
+
+
 @pytest.mark.gpu
 def test_cuda_backends_agree():
     import torch

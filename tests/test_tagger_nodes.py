@@ -118,23 +118,52 @@ def _widget_inputs(spec: dict) -> list[str]:
     return names
 
 
-def test_example_workflows_match_the_nodes(comfy_pack):
+# (UI-format file, its API-format variant, the TagLoom node whose first output feeds CLIPTextEncode's
+# text, whether the API variant has that link too: tag_image_api.json only previews the text)
+EXAMPLE_WORKFLOWS = [
+    ("tag_image_to_prompt.json", "tag_image_api.json", "TagLoomInterrogate", False),
+    ("tag_search_to_prompt.json", "tag_search_api.json", "TagLoomTagSearch", True),
+]
+
+
+@pytest.mark.parametrize("ui_name, api_name, source, api_encodes", EXAMPLE_WORKFLOWS)
+def test_example_workflows_match_the_nodes(comfy_pack, ui_name, api_name, source, api_encodes):
     from tests_paths import REPO
 
     m = comfy_pack.NODE_CLASS_MAPPINGS
-    ui = json.loads((REPO / "example_workflows" / "tag_image_to_prompt.json").read_text())
+    ui = json.loads((REPO / "example_workflows" / ui_name).read_text(encoding="utf-8"))
     types = {n["type"] for n in ui["nodes"]}
-    assert {"LoadImage", "TagLoomTaggerLoader", "TagLoomInterrogate", "CLIPTextEncode"} <= types
+    assert {source, "CLIPTextEncode"} <= types
+    ui_widgets = {}
     for node in ui["nodes"]:
         if node["type"] in m:
-            assert len(node["widgets_values"]) == len(_widget_inputs(m[node["type"]].INPUT_TYPES())), node["type"]
-    # the caption feeds a CLIPTextEncode's text
+            names = _widget_inputs(m[node["type"]].INPUT_TYPES())
+            assert len(node["widgets_values"]) == len(names), node["type"]
+            ui_widgets[node["type"]] = dict(zip(names, node["widgets_values"]))
+    # every link is recorded at both ends
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, _typ in ui["links"]:
+        assert link_id in (nodes[src]["outputs"][src_slot]["links"] or [])
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+    # the TagLoom node's text feeds a CLIPTextEncode's text
     enc = {n["id"] for n in ui["nodes"] if n["type"] == "CLIPTextEncode"}
-    inter = next(n["id"] for n in ui["nodes"] if n["type"] == "TagLoomInterrogate")
-    assert any(link[1] == inter and link[3] in enc for link in ui["links"])
-    api = json.loads((REPO / "example_workflows" / "tag_image_api.json").read_text())
+    src_id = next(n["id"] for n in ui["nodes"] if n["type"] == source)
+    assert any(link[1] == src_id and link[2] == 0 and link[3] in enc and nodes[link[3]]["inputs"][link[4]]["name"] == "text"
+               for link in ui["links"])
+
+    api = json.loads((REPO / "example_workflows" / api_name).read_text(encoding="utf-8"))
     for node in api.values():
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                assert value[0] in api  # links point at nodes of the prompt
         if node["class_type"] in m:
             spec = m[node["class_type"]].INPUT_TYPES()
             known = set(spec["required"]) | set(spec.get("optional", {}))
             assert set(node["inputs"]) <= known and set(spec["required"]) <= set(node["inputs"])
+            # the API variant holds the same widget values as the UI file
+            for name, value in ui_widgets.get(node["class_type"], {}).items():
+                if name in node["inputs"]:
+                    assert node["inputs"][name] == value, (api_name, node["class_type"], name)
+    src_key = next(k for k, n in api.items() if n["class_type"] == source)
+    encodes = any(n["class_type"] == "CLIPTextEncode" and n["inputs"]["text"] == [src_key, 0] for n in api.values())
+    assert encodes == api_encodes

@@ -4,6 +4,7 @@ Random weights: it proves the plumbing (dense, sparse, ColBERT), not retrieval q
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 CORPUS_EXTRA = [
@@ -28,6 +29,13 @@ def make_tiny_m3(folder: Path, corpus: list[str], hidden: int = 32, seed: int = 
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
     tok.train_from_iterator(list(corpus) + CORPUS_EXTRA, trainer=trainer)
+    # The trainer walks Rust HashMaps (randomly seeded per process): the same pieces come out in
+    # another order with scores that differ in the last digits each run, so token ids, and the
+    # random embedding rows behind them, moved, and rankings that test on random weights with
+    # them. Fix the order (specials, then the pieces sorted) and round the scores.
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    rest = sorted((p, round(sc, 2)) for p, sc in vocab if p not in specials)
+    tok.model = models.Unigram([(p, 0.0) for p in specials] + rest, specials.index("<unk>"), False)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tagloom.errors import InputFileError, TagLoomError
+from tagloom.tagger.backends import onnx_session, sigmoid
 
 CLIP_MEAN = np.asarray((0.48145466, 0.4578275, 0.40821073), np.float32)
 CLIP_STD = np.asarray((0.26862954, 0.26130258, 0.27577711), np.float32)
@@ -34,50 +35,20 @@ def to_model_input(pixels: np.ndarray, family: str) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., ::-1], dtype=np.float32)  # wd: BGR 0..255 NHWC
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
-
-
 class OnnxEngine:
     name = "onnx"
 
     def __init__(self, model_dir: Path, family: str = "wd", device: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
-
         from tagloom.caption.decode import default_workers
 
         self.path = Path(model_dir) / "model.onnx"
         if not self.path.is_file():
             raise InputFileError(self.path, "missing: no ONNX weights (model.onnx) in the model folder")
         self.family = family
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = threads or default_workers()
-        so.inter_op_num_threads = 1
         # Idle ORT threads spin for a while by default; in a pipeline that burns the cores the
         # decoders are waiting for: 15 -> 18 img/s on 2 cores (docs/benchmarks.md, caption section).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers: list = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise TagLoomError("device 'cuda' was asked for, but the installed onnxruntime has no CUDA "
-                                   "provider; install onnxruntime-gpu or use --backend torch")
-            if hasattr(ort, "preload_dlls"):
-                try:
-                    ort.preload_dlls()
-                except Exception:
-                    pass
-            dev_id = int(device.split(":", 1)[1]) if ":" in device else 0
-            providers = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
-        except Exception as e:
-            raise InputFileError(self.path, f"cannot be loaded by ONNX Runtime: {e}") from e
-        self.provider = self.session.get_providers()[0]
-        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        if device.startswith("cuda") and self.device != "cuda":
-            raise TagLoomError("device 'cuda' was asked for, but ONNX Runtime fell back to the CPU (no GPU or no CUDA libraries)")
+        self.session, self.provider, self.device = onnx_session(
+            self.path, device, threads=threads or default_workers(), spinning=False)
         inp = self.session.get_inputs()[0]
         self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
         shape = list(inp.shape)
@@ -95,7 +66,7 @@ class OnnxEngine:
         step = self.fixed_batch or len(x)
         outs = [self.session.run([self.output_name], {self.input_name: x[i : i + step]})[0] for i in range(0, len(x), step)]
         out = np.concatenate(outs, axis=0).astype(np.float32).reshape(len(x), -1)
-        return _sigmoid(out) if self.logits else out
+        return sigmoid(out) if self.logits else out
 
     def _predict_cuda_tensor(self, pixels) -> np.ndarray:
         """GPU pixels straight into ONNX Runtime CUDA through IO binding (no host round trip)."""

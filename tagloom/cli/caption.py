@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from tagloom.cli._options import add_threshold_format_options
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -38,20 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--decode-mode", choices=("thread", "process"), default="thread")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: every core)")
     g = p.add_argument_group("thresholds and formatting (as `tagloom tag`)")
-    g.add_argument("--threshold-json", default=None, help="a threshold.json overriding the model's")
-    g.add_argument("--general-threshold", type=float, default=None)
-    g.add_argument("--character-threshold", type=float, default=None)
-    g.add_argument("--artist-threshold", type=float, default=None)
-    g.add_argument("--caption-threshold", type=float, default=None)
-    g.add_argument("--tags-threshold", type=float, default=None)
-    g.add_argument("--mcut", action="append", choices=["general", "character", "artist"], default=[],
-                   help="MCut automatic threshold for this group (repeatable)")
-    g.add_argument("--keep-underscores", action="store_true", help="write long_hair, not long hair")
-    g.add_argument("--no-escape", action="store_true", help="do not escape parentheses")
-    g.add_argument("--exclude", default=None, help="comma-separated tags never written")
-    g.add_argument("--include", default=None, help="comma-separated tags always written first (e.g. a trigger word)")
-    g.add_argument("--max-tags", type=int, default=None)
-    g.add_argument("--trailing-comma", action="store_true")
+    add_threshold_format_options(g)
     r = p.add_argument_group("Ray (--engine ray)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this machine; ray: a Ray cluster (one model actor per GPU)")

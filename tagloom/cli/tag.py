@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from tagloom.cli._options import add_threshold_format_options
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("tag", help="tag images with a wd-v3 tagger (EVA-02 Large by default) or JoyTag",
@@ -22,20 +24,7 @@ def register(subparsers) -> None:
                                                  "default: SmilingWolf/wd-eva02-large-tagger-v3")
     p.add_argument("--backend", default=None, choices=["auto", "onnx", "torch"], help="inference backend (default auto)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="device (default auto)")
-    p.add_argument("--threshold-json", type=Path, default=None, help="threshold.json overriding the model's own")
-    p.add_argument("--general-threshold", type=float, default=None)
-    p.add_argument("--character-threshold", type=float, default=None)
-    p.add_argument("--artist-threshold", type=float, default=None)
-    p.add_argument("--caption-threshold", type=float, default=None)
-    p.add_argument("--tags-threshold", type=float, default=None)
-    p.add_argument("--mcut", action="append", choices=["general", "character", "artist"], default=[],
-                   help="use MCut automatic thresholding for this group (repeatable)")
-    p.add_argument("--keep-underscores", action="store_true", help="do not replace underscores with spaces")
-    p.add_argument("--no-escape", action="store_true", help="do not escape parentheses")
-    p.add_argument("--exclude", default="", help="comma-separated tags to leave out")
-    p.add_argument("--include", default="", help="comma-separated tags always put first")
-    p.add_argument("--max-tags", type=int, default=0, help="at most this many tags per string (0 = all)")
-    p.add_argument("--trailing-comma", action="store_true")
+    add_threshold_format_options(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")
     p.set_defaults(handler=run)

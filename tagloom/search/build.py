@@ -22,7 +22,8 @@ import numpy as np
 
 from tagloom.errors import CancelledError
 from tagloom.search.embedders import get_embedder
-from tagloom.search.semantic import chroma_collection, collection_name, index_dir, open_index_db
+from tagloom.search.dense import NumpyStore, dense_store, resolve_store
+from tagloom.search.semantic import collection_name, index_dir, open_index_db
 from tagloom.search.text import entry_text, text_hash
 from tagloom.tags.db import TagDB, default_path
 
@@ -56,9 +57,21 @@ def build_index(
     # The hash covers the embedder too: switching models under one folder re-embeds everything.
     hashes = {i: text_hash(emb.slug + "\0" + s) for i, s in texts.items()}
 
+    store_kind = resolve_store()
     conn = open_index_db(folder)
     name = collection_name(db_path, emb.slug)
-    coll = chroma_collection(folder / "chroma", name)
+    switched = bool(conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone()) and _get_info(conn, "store", "chroma") != store_kind
+    if switched:
+        # The vectors are in the other store (search_store changed): embed everything into this one,
+        # starting it empty (it may hold rows from before an earlier switch).
+        conn.execute("DELETE FROM entries")
+        conn.commit()
+        (folder / NumpyStore.FILE).unlink(missing_ok=True)
+    coll = dense_store(folder, store_kind, name, emb.dim)
+    if switched and store_kind == "chroma":
+        old = coll.get(include=[])["ids"]
+        for s in range(0, len(old), 5000):
+            coll.delete(ids=old[s:s + 5000])
     stored = dict(conn.execute("SELECT tag_id, hash FROM entries"))
     todo = [i for i in texts if stored.get(i) != hashes[i]]
     gone = [i for i in stored if i not in texts]
@@ -75,7 +88,7 @@ def build_index(
         conn.execute("DELETE FROM entries")
         conn.commit()
         todo = list(texts)
-    _set_info(conn, spec=emb.spec, slug=emb.slug, dim=emb.dim, collection=name, has_sparse=emb.has_sparse,
+    _set_info(conn, spec=emb.spec, slug=emb.slug, dim=emb.dim, collection=name, store=store_kind, has_sparse=emb.has_sparse,
               has_colbert=emb.has_colbert, colbert=bool(colbert and emb.has_colbert), model=emb.info.get("model"))
 
     todo.sort(key=lambda i: len(texts[i]))
@@ -113,6 +126,8 @@ def build_index(
         writer.finish()
     finally:
         writer.close()
+    if hasattr(coll, "compact"):
+        coll.compact()  # numpy store: drop replaced and deleted rows, so queries load only live ones
     if progress:
         progress(done, len(todo))
     count = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
@@ -121,7 +136,7 @@ def build_index(
     (folder / "STAMP").write_text(json.dumps({"built_at": time.time(), "count": count}))
     total = time.perf_counter() - t0
     return {
-        "embedder": emb.spec, "device": emb.device, "folder": str(folder), "tags": len(texts), "embedded": done,
+        "embedder": emb.spec, "device": emb.device, "store": store_kind, "folder": str(folder), "tags": len(texts), "embedded": done,
         "removed": len(gone), "unchanged": len(texts) - len(todo), "count": count,
         "seconds": round(total, 2), "embed_seconds": round(t_embed, 2),
         "tags_per_second": round(done / total, 1) if done and total else None,
@@ -129,7 +144,7 @@ def build_index(
 
 
 def _store(coll, conn: sqlite3.Connection, cpath: Path, dim: int, hashes: dict, ids: list[int], enc) -> None:
-    """One embedded batch into chromadb, the sparse postings, the ColBERT file and ``entries`` — in
+    """One embedded batch into the dense store, the sparse postings, the ColBERT file and ``entries`` — in
     that order, so an entry (and its hash) exists only once everything it points to is written."""
     coll.upsert(ids=[str(i) for i in ids], embeddings=enc.dense.astype(np.float32))
     rows = []

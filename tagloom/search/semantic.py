@@ -2,9 +2,11 @@
 
 One folder per (tag database, embedder): ``<db folder>/index/<db name>/<embedder slug>/`` holding
 
-- ``chroma/``: dense vectors in an embedded chromadb (``PersistentClient``), or a collection on a
-  chromadb server when the ``chroma_host`` setting is set (``HttpClient``). Embeddings are always
-  passed explicitly: chromadb would otherwise try to download its own default model.
+- dense vectors (``dense.py``, setting ``search_store``): ``chroma/``, an embedded chromadb
+  (``PersistentClient``), or a collection on a chromadb server when the ``chroma_host`` setting is
+  set (``HttpClient``); embeddings are always passed explicitly, since chromadb would otherwise try
+  to download its own default model. Or, where chromadb cannot be installed (the A1111/Forge
+  WebUI), ``dense.bin``: our exact numpy store.
 - ``index.sqlite``: ``entries`` (tag id, hash of the embedded text, where its ColBERT vectors lie) and,
   for embedders with lexical weights (BGE-M3), ``postings`` — our own sparse inverted index
   ``(token_id, tag_id, weight)`` indexed on ``token_id`` (local chromadb has no sparse vectors).
@@ -128,6 +130,7 @@ class SemanticIndex:
     """A built index, opened for querying (one per engine; thread-safe)."""
 
     def __init__(self, db_path, embedder_spec: str | None, folder: Path):
+        from tagloom.search.dense import dense_store
         from tagloom.search.embedders import get_embedder
 
         self.db_path = Path(db_path)
@@ -136,7 +139,10 @@ class SemanticIndex:
         self.info = {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM info")}
         self.spec = embedder_spec or self.info.get("spec")
         self.embedder = get_embedder(self.info.get("spec") if embedder_spec is None else embedder_spec)
-        self.collection = chroma_collection(folder / "chroma", self.info.get("collection") or collection_name(self.db_path, self.embedder.slug), create=False)
+        # Indexes from before the numpy store have no "store" key: they are chromadb ones.
+        self.store = self.info.get("store", "chroma")
+        self.collection = dense_store(folder, self.store, self.info.get("collection") or collection_name(self.db_path, self.embedder.slug),
+                                      int(self.info.get("dim") or self.embedder.dim), create=False)
         self.count = int(self.info.get("count", 0))
         self._colbert = None
         cpath = folder / "colbert.f16"

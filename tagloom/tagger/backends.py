@@ -21,7 +21,8 @@ from tagloom.errors import InputFileError, TagLoomError
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logits -> float32 probabilities (computed in float64 so large logits do not overflow)."""
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
@@ -30,6 +31,56 @@ def check_device(device: str) -> str:
     if device not in DEVICES and not device.startswith("cuda:"):
         raise TagLoomError(f"device must be auto, cpu or cuda, got {device!r}")
     return device
+
+
+def onnx_session(path, device: str = "auto", threads: int | None = None, spinning: bool = True):
+    """An ONNX Runtime session for ``path`` on ``device``: (session, provider, "cuda" | "cpu").
+
+    ``device``: auto (CUDA when the installed onnxruntime has the provider), cpu, cuda or cuda:N.
+    ``threads``: intra-op threads (None = ONNX Runtime's default, one per core); setting it also
+    runs ops sequentially with one inter-op thread, as a batch job wants. ``spinning=False`` stops
+    idle worker threads from busy-waiting (they would steal the cores image decoders need).
+    Asking for CUDA and not getting it is an error, never a silent CPU run.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    device = check_device(device)
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if device.startswith("cuda") and not has_cuda:
+        raise TagLoomError(
+            "device 'cuda' was asked for, but the installed onnxruntime has no CUDA provider "
+            f"(providers: {', '.join(available)}); install onnxruntime-gpu (docs/install.md) or use --backend torch"
+        )
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers: list = ["CPUExecutionProvider"]
+    if device != "cpu" and has_cuda:
+        if hasattr(ort, "preload_dlls"):
+            try:  # finds the CUDA/cuDNN libraries torch's wheels brought, when torch is there
+                ort.preload_dlls()
+            except Exception:
+                pass
+        dev_id = int(device.split(":", 1)[1]) if ":" in device else 0
+        providers = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as e:  # onnxruntime raises its own InvalidProtobuf/Fail/NoSuchFile types
+        raise InputFileError(path, f"cannot be loaded by ONNX Runtime: {e}") from e
+    # onnxruntime-gpu lists CUDA even without a GPU and then falls back: read back what it uses.
+    provider = session.get_providers()[0]
+    used = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+    if device.startswith("cuda") and used != "cuda":
+        raise TagLoomError("device 'cuda' was asked for, but ONNX Runtime could not start CUDA "
+                           "(no GPU, or the CUDA/cuDNN libraries are missing) and fell back to the CPU")
+    return session, provider, used
 
 
 class OnnxBackend:
@@ -42,32 +93,7 @@ class OnnxBackend:
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise InputFileError(self.path, "missing: no ONNX weights (model.onnx) in the model folder")
-        device = check_device(device)
-        available = ort.get_available_providers()
-        has_cuda = "CUDAExecutionProvider" in available
-        if device.startswith("cuda") and not has_cuda:
-            raise TagLoomError(
-                "device 'cuda' was asked for, but the installed onnxruntime has no CUDA provider "
-                f"(providers: {', '.join(available)}); install onnxruntime-gpu (docs/install.md) or use --backend torch"
-            )
-        providers: list = ["CPUExecutionProvider"]
-        if device != "cpu" and has_cuda:
-            if hasattr(ort, "preload_dlls"):
-                try:  # finds the CUDA/cuDNN libraries torch's wheels brought, when torch is there
-                    ort.preload_dlls()
-                except Exception:
-                    pass
-            dev_id = int(device.split(":", 1)[1]) if ":" in device else 0
-            providers = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers)
-        except Exception as e:  # onnxruntime raises its own InvalidProtobuf/Fail/NoSuchFile types
-            raise InputFileError(self.path, f"cannot be loaded by ONNX Runtime: {e}") from e
-        self.provider = self.session.get_providers()[0]
-        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        if device.startswith("cuda") and self.device != "cuda":
-            raise TagLoomError("device 'cuda' was asked for, but ONNX Runtime could not start CUDA "
-                               "(no GPU, or the CUDA/cuDNN libraries are missing) and fell back to the CPU")
+        self.session, self.provider, self.device = onnx_session(self.path, device)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
@@ -88,7 +114,7 @@ class OnnxBackend:
             return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
         out = self.session.run([self.output_name], {self.input_name: batch})[0]
         out = np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
-        return _sigmoid(out) if self.output == "logits" else out
+        return sigmoid(out) if self.output == "logits" else out
 
     def run_tensor(self, x):
         import torch

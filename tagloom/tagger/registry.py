@@ -239,3 +239,17 @@ def list_local_models() -> list[str]:
             if sub.is_dir() and ((sub / "model.onnx").is_file() or (sub / "model.safetensors").is_file()):
                 out.append(sub.name)
     return out
+
+
+def model_choices() -> list[str]:
+    """The model names a UI offers: the known repos, then local folders that are not one of them.
+
+    Never raises: a node's choices are read while ComfyUI builds /object_info, and one unreadable
+    models folder must not break the whole page.
+    """
+    known_short = {m.short_name for m in KNOWN_MODELS}
+    try:
+        local = [n for n in list_local_models() if n not in known_short]
+    except Exception:
+        local = []
+    return known_model_names() + local
