@@ -136,7 +136,7 @@ NODE_CLASS_MAPPINGS = {
     "TagLoomIdeaToTags": TagLoomIdeaToTags,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "TagLoomCategorizeTags": "Categorize Tags (LLM)",
-    "TagLoomDescribeTags": "Describe Tags (LLM)",
-    "TagLoomIdeaToTags": "Idea to Tags (LLM)",
+    "TagLoomCategorizeTags": "TagLoom Categorize Tags (LLM)",
+    "TagLoomDescribeTags": "TagLoom Describe Tags (LLM)",
+    "TagLoomIdeaToTags": "TagLoom Idea to Tags (LLM)",
 }

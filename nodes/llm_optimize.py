@@ -74,4 +74,4 @@ class TagLoomPromptOptimize:
 
 
 NODE_CLASS_MAPPINGS = {"TagLoomPromptOptimize": TagLoomPromptOptimize}
-NODE_DISPLAY_NAME_MAPPINGS = {"TagLoomPromptOptimize": "Prompt Optimize (reference image)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"TagLoomPromptOptimize": "TagLoom Prompt Optimize (reference image)"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class TagLoomTagSearch:
-    CATEGORY = "TagLoom/tags"
+    CATEGORY = "TagLoom/Tags"
     FUNCTION = "search"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("tags",)
