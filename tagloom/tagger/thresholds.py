@@ -10,7 +10,6 @@ the threshold falls in the largest gap between consecutive sorted scores.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tagloom.errors import InputFileError
+from tagloom.jsonfile import read_json_object
 
 GROUP_KEYS = ("general", "character", "artist", "caption", "tags")
 # wd-tagger's reference never lets MCut drop the character threshold below this.
@@ -59,14 +59,7 @@ def read_threshold_json(path, base: Thresholds | None = None) -> Thresholds:
     """threshold.json -> Thresholds over ``base`` (defaults). Malformed -> InputFileError."""
     path = Path(path)
     base = base or Thresholds()
-    if not path.is_file():
-        raise InputFileError(path, "missing (threshold file)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputFileError(path, f"is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise InputFileError(path, "must be a JSON object like {\"general\": 0.35, \"character\": 0.75}")
+    data = read_json_object(path, "threshold file")
     values = {}
     for key, value in data.items():
         if key in GROUP_KEYS:

@@ -14,11 +14,11 @@ as in SmilingWolf's reference wdv3 timm script, and returns logits.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tagloom.errors import InputFileError
+from tagloom.jsonfile import read_json_object
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -26,13 +26,8 @@ DEFAULT_STD = (0.5, 0.5, 0.5)
 
 def read_config(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise InputFileError(path, "missing: a timm model folder needs config.json")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputFileError(path, f"not valid JSON: {e}") from e
-    if not isinstance(config, dict) or "architecture" not in config:
+    config = read_json_object(path, "a timm model folder needs config.json")
+    if "architecture" not in config:
         raise InputFileError(path, "has no 'architecture' (the timm model name)")
     return config
 
