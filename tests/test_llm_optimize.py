@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from tagloom.llm.optimize import ClipSimilarity, optimize, tag_f1
+from tagloom.llm.optimize import ClipSimilarity, default_prompt, optimize, tag_f1
 
 COLOURS = {"red_background": (0, 0.9), "blue_hair": (2, 0.8), "green_eyes": (1, 0.6)}
 
@@ -65,6 +65,24 @@ def test_loop_finds_the_prompt_that_reproduces_the_reference():
     assert data["best"]["prompt"] == res.best.prompt and len(data["candidates"]) == len(res.candidates)
     # round 1 mutated the best candidates (e.g. dropped their weakest tag)
     assert any(c.round == 1 for c in res.candidates)
+
+
+def test_prompt_keeps_kaomoji_and_escapes_parentheses():
+    # Found in the real ComfyUI run: the tagger saw `^_^` and the prompt said "^ ^"; a character tag
+    # such as ganyu_(genshin_impact) would have become a weight group for CLIPTextEncode.
+    assert default_prompt(["^_^", "ganyu_(genshin_impact)", "school_uniform"]) == \
+        "^_^, ganyu \\(genshin impact\\), school uniform"
+    seen = []
+
+    def gen(prompt, seed):
+        seen.append(prompt)
+        return generate(prompt, seed)
+
+    def tags(image):
+        return [("^_^", 0.9), ("ganyu_(genshin_impact)", 0.8)]
+
+    res = optimize(np.zeros((8, 8, 3), np.float32), tags, gen, strategies=["threshold"], rounds=1)
+    assert seen == ["^_^, ganyu \\(genshin impact\\)"] and res.best.prompt == seen[0]
 
 
 def test_unknown_strategy_is_an_error():
