@@ -45,6 +45,19 @@ def default_prompt(tags: Sequence[str]) -> str:
     return ", ".join(format_tag(t, opts) for t in tags)
 
 
+def category_order(db) -> Callable[[list[str]], list[str]]:
+    """The ``order`` for ``category_ordered``: the idea node's prompt order (count, character, series,
+    artist, then appearance ... quality/meta) from the tag database; the tagger's order within a group.
+    Tags the database lacks keep their place among the unknown ones."""
+    from tagloom.llm.ideas import _group
+
+    def order(names: list[str]) -> list[str]:
+        ranked = sorted(enumerate(names), key=lambda it: (_group(db.get(it[1]), it[1]), it[0]))
+        return [t for _, t in ranked]
+
+    return order
+
+
 def _to_pil(image):
     from PIL import Image
 
