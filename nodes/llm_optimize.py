@@ -48,7 +48,8 @@ class TagLoomPromptOptimize:
         import nodes as comfy_nodes  # ComfyUI's own nodes module
         import torch
 
-        from tagloom.llm.optimize import ClipSimilarity, _to_pil, optimize
+        from tagloom.llm.optimize import ClipSimilarity, _to_pil, category_order, optimize
+        from tagloom.tags.db import TagDB
 
         tag_model = tagger.get() if hasattr(tagger, "get") else tagger
 
@@ -67,8 +68,15 @@ class TagLoomPromptOptimize:
 
         sim = ClipSimilarity.from_pretrained(clip_model.strip()) if clip_model.strip() else None
         names = [s.strip() for s in strategies.split(",") if s.strip()]
-        res = optimize(reference[0:1], interrogate, generate, strategies=names, rounds=rounds, threshold=threshold,
-                       clip=sim, seed=seed, should_stop=lambda: bool(mm.processing_interrupted()))
+        # category_ordered needs the tag database's categories (without it, it would repeat `threshold`).
+        db = TagDB() if "category_ordered" in names else None
+        try:
+            res = optimize(reference[0:1], interrogate, generate, strategies=names, rounds=rounds, threshold=threshold,
+                           clip=sim, seed=seed, order=category_order(db) if db else None,
+                           should_stop=lambda: bool(mm.processing_interrupted()))
+        finally:
+            if db:
+                db.close()
         images = torch.cat([img if img.ndim == 4 else img[None] for img in res.images], dim=0)
         return (res.best.prompt, res.to_json(), images)
 

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from tagloom.llm.optimize import ClipSimilarity, optimize, tag_f1
+from tagloom.llm.optimize import ClipSimilarity, category_order, default_prompt, optimize, tag_f1
 
 COLOURS = {"red_background": (0, 0.9), "blue_hair": (2, 0.8), "green_eyes": (1, 0.6)}
 
@@ -67,6 +67,35 @@ def test_loop_finds_the_prompt_that_reproduces_the_reference():
     assert any(c.round == 1 for c in res.candidates)
 
 
+def test_prompt_keeps_kaomoji_and_escapes_parentheses():
+    # Found in the real ComfyUI run: the tagger saw `^_^` and the prompt said "^ ^"; a character tag
+    # such as ganyu_(genshin_impact) would have become a weight group for CLIPTextEncode.
+    assert default_prompt(["^_^", "ganyu_(genshin_impact)", "school_uniform"]) == \
+        "^_^, ganyu \\(genshin impact\\), school uniform"
+    seen = []
+
+    def gen(prompt, seed):
+        seen.append(prompt)
+        return generate(prompt, seed)
+
+    def tags(image):
+        return [("^_^", 0.9), ("ganyu_(genshin_impact)", 0.8)]
+
+    res = optimize(np.zeros((8, 8, 3), np.float32), tags, gen, strategies=["threshold"], rounds=1)
+    assert seen == ["^_^, ganyu \\(genshin impact\\)"] and res.best.prompt == seen[0]
+
+
+def test_category_ordered_uses_the_tag_database(tmp_path):
+    # Found in the real ComfyUI run: the node passed no `order`, so category_ordered repeated threshold.
+    from tagloom.tags.db import TagDB
+
+    with TagDB(tmp_path / "t.sqlite") as db:
+        db.upsert_tags([{"name": "hakurei_reimu", "category": 4}, {"name": "school_uniform", "category": 0}])
+        order = category_order(db)
+        assert order(["school_uniform", "hakurei_reimu", "1girl", "not_in_db"]) == \
+            ["1girl", "hakurei_reimu", "school_uniform", "not_in_db"]
+
+
 def test_unknown_strategy_is_an_error():
     from tagloom.errors import TagLoomError
 
@@ -99,3 +128,7 @@ def test_optimize_node_wiring(comfy_pack, monkeypatch):
                                    "high_confidence,threshold", 2, 0.35)
     assert set(best.split(", ")) == {"red background", "blue hair", "green eyes"}
     assert images.shape[0] == len(json.loads(cands)["candidates"]) and images.shape[1:] == (32, 32, 3)
+    # category_ordered opens the user's tag database (the stubbed ComfyUI user folder's, empty here)
+    best, cands, _ = node.run(ref, Tagger(), None, None, None, "", 4, 5.0, "euler", "normal", 1,
+                              "category_ordered", 1, 0.35)
+    assert json.loads(cands)["candidates"][0]["strategy"] == "category_ordered"

@@ -35,6 +35,29 @@ def tag_f1(reference: set[str], generated: set[str]) -> float:
     return 2 * p * r / (p + r)
 
 
+def default_prompt(tags: Sequence[str]) -> str:
+    """Tags -> a prompt the graph's text encoder reads as meant: underscores become spaces except in
+    kaomoji (``^_^`` stays a face, not ``^ ^``), and parentheses are escaped (``ganyu_(genshin_impact)``
+    would otherwise be read by ComfyUI/A1111 as a weight group, not as the tag)."""
+    from tagloom.tagger.formatting import FormatOptions, format_tag
+
+    opts = FormatOptions()
+    return ", ".join(format_tag(t, opts) for t in tags)
+
+
+def category_order(db) -> Callable[[list[str]], list[str]]:
+    """The ``order`` for ``category_ordered``: the idea node's prompt order (count, character, series,
+    artist, then appearance ... quality/meta) from the tag database; the tagger's order within a group.
+    Tags the database lacks keep their place among the unknown ones."""
+    from tagloom.llm.ideas import _group
+
+    def order(names: list[str]) -> list[str]:
+        ranked = sorted(enumerate(names), key=lambda it: (_group(db.get(it[1]), it[1]), it[0]))
+        return [t for _, t in ranked]
+
+    return order
+
+
 def _to_pil(image):
     from PIL import Image
 
@@ -172,7 +195,7 @@ def optimize(
         from tagloom.errors import TagLoomError
 
         raise TagLoomError(f"unknown strategies {unknown}: use {', '.join(STRATEGIES)}")
-    fmt = format_prompt or (lambda tags: ", ".join(t.replace("_", " ") for t in tags))
+    fmt = format_prompt or default_prompt
     ref_tags = interrogate(reference)
     ref_conf = dict(ref_tags)
     ref_set = {t for t, c in ref_tags if c >= threshold}
