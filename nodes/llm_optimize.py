@@ -45,6 +45,7 @@ class TagLoomPromptOptimize:
     def run(self, reference, tagger, model, clip, vae, negative, steps, cfg, sampler_name, scheduler, seed,
             strategies, rounds, threshold, clip_model="", width=512, height=512):
         import comfy.model_management as mm
+        import comfy.utils
         import nodes as comfy_nodes  # ComfyUI's own nodes module
         import torch
 
@@ -58,16 +59,22 @@ class TagLoomPromptOptimize:
             return list(res.general.items()) + list(res.character.items())
 
         neg = comfy_nodes.CLIPTextEncode().encode(clip, negative)[0]
+        names = [s.strip() for s in strategies.split(",") if s.strip()]
+        # At most one generation per strategy and round (identical candidates are generated once).
+        total = max(1, len(names) * rounds)
+        bar = comfy.utils.ProgressBar(total)
+        generated = [0]
 
         def generate(prompt: str, s: int):
             mm.throw_exception_if_processing_interrupted()
+            generated[0] += 1
+            bar.update_absolute(min(generated[0], total), total)
             pos = comfy_nodes.CLIPTextEncode().encode(clip, prompt)[0]
             latent = comfy_nodes.EmptyLatentImage().generate(width, height, 1)[0]
             out = comfy_nodes.common_ksampler(model, s, steps, cfg, sampler_name, scheduler, pos, neg, latent)[0]
             return comfy_nodes.VAEDecode().decode(vae, out)[0]  # B,H,W,C float 0..1
 
         sim = ClipSimilarity.from_pretrained(clip_model.strip()) if clip_model.strip() else None
-        names = [s.strip() for s in strategies.split(",") if s.strip()]
         # category_ordered needs the tag database's categories (without it, it would repeat `threshold`).
         db = TagDB() if "category_ordered" in names else None
         try:

@@ -128,6 +128,9 @@ def test_optimize_node_wiring(comfy_pack, monkeypatch):
                                    "high_confidence,threshold", 2, 0.35)
     assert set(best.split(", ")) == {"red background", "blue hair", "green eyes"}
     assert images.shape[0] == len(json.loads(cands)["candidates"]) and images.shape[1:] == (32, 32, 3)
+    import comfy_stub
+
+    assert comfy_stub.STATE.progress and comfy_stub.STATE.progress[-1][1] == 4  # 2 strategies x 2 rounds
     # category_ordered opens the user's tag database (the stubbed ComfyUI user folder's, empty here)
     best, cands, _ = node.run(ref, Tagger(), None, None, None, "", 4, 5.0, "euler", "normal", 1,
                               "category_ordered", 1, 0.35)
