@@ -70,6 +70,21 @@ def test_skip_existing_is_default_and_overwrite_replaces(tmp_path, capsys):
         cli(tmp_path / "ds", "--overwrite", "--skip-existing")
 
 
+def test_a_caption_that_cannot_be_written_fails_alone(tmp_path, capsys):
+    """Captions of a batch are written by several threads; one that cannot be written (here a
+    folder sits where the .txt goes) is a failure with the reason, the rest of the batch is written."""
+    model = tiny_model()
+    imgs = make_good_images(tmp_path / "ds", 6)
+    blocked = imgs[2].with_suffix(".txt")
+    blocked.mkdir()
+    assert cli(tmp_path / "ds", "--model", model, "-q", "--overwrite", "--batch-size", 6) == 1
+    err = capsys.readouterr().err
+    assert "done 5, skipped 0 (caption already there), failed 1 of 6" in err
+    assert f"failed: {imgs[2].name}: cannot write its caption:" in err
+    assert all(p.with_suffix(".txt").is_file() for p in imgs if p != imgs[2])
+    assert not [p.name for p in blocked.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary left
+
+
 def test_json_beside_each_image_and_name_clash(tmp_path, capsys):
     from PIL import Image
 

@@ -193,3 +193,68 @@ def test_joytag_folder_captions_like_the_single_image_path(tmp_path, images):
         ref = tagger.interpret(tagger.predict(tagger.preprocess_file(root / p.name)[None])[0]).to_json()
         assert got[p.name]["tags"] == ref["tags"]
         assert all(abs(got[p.name]["general"][t] - s) < 1e-3 for t, s in ref["general"].items())
+
+
+def test_cuda_plan_fetches_torch_weights_for_a_known_model(tmp_path, monkeypatch, tagloom_home):
+    """On CUDA an 'auto' backend captions with torch (bf16, GPU decoding): for a known hub model whose
+    ONNX copy is already there, the plan fetches model.safetensors + config.json beside it. Planning
+    touches no GPU, so it runs here; only the hub call is replaced (tests cannot reach the hub), by a
+    copy from a local folder that plays the repo. On the CPU nothing more is fetched; JoyTag (ONNX
+    only) and offline mode keep the ONNX copy."""
+    import shutil
+
+    from tagger_helpers import tiny_joytag
+    from tagger_helpers import tiny_model as tagger_tiny_model
+    from tagloom.caption.job import plan_model
+    from tagloom.tagger import registry
+
+    hub = tagger_tiny_model(tmp_path / "hub")
+    calls = []
+
+    def fake_hub_download(repo_id, filename, local_dir, revision=None):
+        calls.append(filename)
+        if not (hub / filename).is_file():
+            raise FileNotFoundError(f"404 {repo_id}/{filename}")
+        shutil.copy(hub / filename, Path(local_dir) / filename)
+        return str(Path(local_dir) / filename)
+
+    monkeypatch.setattr(registry, "_hub_download", fake_hub_download)
+    job = CaptionJob(tmp_path, ModelChoice(model="wd-vit-tagger-v3"))
+    target = tagloom_home / "models" / "wd-vit-tagger-v3"
+
+    assert plan_model(job, "cpu").backend == "onnx"
+    assert "model.onnx" in calls and "model.safetensors" not in calls
+    assert not (target / "model.safetensors").exists()
+
+    monkeypatch.setenv("TAGLOOM_HF_OFFLINE", "1")  # offline, without the torch files: ONNX, no error
+    calls.clear()
+    assert plan_model(job, "cuda").backend == "onnx" and calls == []
+
+    monkeypatch.delenv("TAGLOOM_HF_OFFLINE")
+    model = plan_model(job, "cuda")
+    assert model.backend == "torch" and model.path == target
+    assert {"config.json", "model.safetensors"} <= set(calls)
+    assert (target / "model.onnx").is_file()  # the ONNX copy stays for CPU runs
+    calls.clear()
+    assert plan_model(job, "cuda:1").backend == "torch" and calls == []  # second time: local
+
+    joy = CaptionJob(tmp_path, ModelChoice(model=str(tiny_joytag(tmp_path / "joy"))))
+    assert plan_model(joy, "cuda").backend == "onnx"
+    forced = CaptionJob(tmp_path, ModelChoice(model="wd-vit-tagger-v3", backend="onnx"))
+    assert plan_model(forced, "cuda").backend == "onnx"
+
+
+def test_torch_engine_bf16_and_compiled_runs_here(images):
+    """The CUDA defaults' arithmetic (bf16 weights, torch.compile with the short last batch padded to
+    one shape) on the CPU, where it can run: the same engine code, only the device differs. bf16
+    moves scores by about 1e-2; the tag strings of the job tests stay on fp32. Compiling takes
+    ~25 s here (inductor builds C++ kernels), which is why only this test compiles."""
+    ref = reference_probs(tiny_model(), images)
+    pixels = np.stack([np.asarray(decode_file(p, 56).pixels) for p in images])
+    bf16 = TorchEngine(tiny_model(), "cpu", precision="bf16")
+    assert np.abs(bf16.predict(pixels) - ref).max() < 0.05
+    compiled = TorchEngine(tiny_model(), "cpu", precision="bf16", compile=True, batch_size=len(images) - 1)
+    assert compiled.provider == "torch:cpu:bf16:compiled"
+    full, short = compiled.predict(pixels[:-1]), compiled.predict(pixels[-1:])  # one shape, padded
+    assert short.shape == (1, ref.shape[1])
+    assert np.abs(np.concatenate([full, short]) - ref).max() < 0.05

@@ -70,12 +70,23 @@ class OnnxEngine:
 
     def _predict_cuda_tensor(self, pixels) -> np.ndarray:
         """GPU pixels straight into ONNX Runtime CUDA through IO binding (no host round trip)."""
+        import torch
+
         x = pixels.flip(1).permute(0, 2, 3, 1).float().contiguous()  # RGB NCHW -> BGR NHWC float
-        binding = self.session.io_binding()
-        binding.bind_input(self.input_name, "cuda", x.device.index or 0, np.float32, list(x.shape), x.data_ptr())
-        binding.bind_output(self.output_name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32).reshape(x.shape[0], -1)
+        # ONNX Runtime reads the buffer on its own CUDA stream: the kernels torch queued to fill it
+        # must have finished first, or the model would read half-written pixels.
+        torch.cuda.current_stream(x.device).synchronize()
+        step = self.fixed_batch or len(x)
+        outs = []
+        for i in range(0, len(x), step):
+            part = x[i : i + step]
+            binding = self.session.io_binding()
+            binding.bind_input(self.input_name, "cuda", x.device.index or 0, np.float32, list(part.shape),
+                               part.data_ptr())
+            binding.bind_output(self.output_name, "cuda")
+            self.session.run_with_iobinding(binding)
+            outs.append(np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32).reshape(len(part), -1))
+        return np.concatenate(outs, axis=0)
 
     def close(self):
         self.session = None
@@ -109,6 +120,9 @@ class TorchEngine:
         if self.device == "cuda":
             net = net.to(memory_format=torch.channels_last)
         if compile:
+            # max-autotune on CUDA: the mode behind ../shared/README.md's 508 img/s for EVA-02 Large
+            # in bf16 (230 eager). Autotuning costs minutes once (inductor caches it on disk); on the
+            # CPU it would only slow the build.
             net = torch.compile(net, mode="max-autotune-no-cudagraphs" if self.device == "cuda" else "default", dynamic=False)
         self.net = net
         self.compiled = compile

@@ -134,15 +134,23 @@ def _ort_has_cuda() -> bool:
         return False
 
 
+def _torch_stack_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "timm", "torchvision"))
+
+
 def plan_model(job: CaptionJob, device: str) -> CaptionModel:
-    """Open the model; on CUDA an 'auto' backend prefers torch (bf16, compile, GPU pixels)."""
-    backend = job.model.backend
-    model = CaptionModel.open(job.model)
-    if backend == "auto" and device.startswith("cuda") and model.backend == "onnx" and model.family == "wd":
-        if (model.path / "model.safetensors").is_file() and (model.path / "config.json").is_file() \
-                and importlib.util.find_spec("timm") is not None:
-            model.backend = "torch"
-    return model
+    """Open the model. On CUDA an 'auto' backend prefers torch: bf16 weights, torch.compile and
+    pixels decoded on the GPU are where the GPU speed comes from, while the ONNX export runs in
+    float32 (and on the CPU without onnxruntime-gpu). For a known hub model this fetches its
+    model.safetensors + config.json on first use, beside an ONNX copy already there. Models the
+    torch backend cannot run (JoyTag, an ONNX-only folder, offline without the torch files) run
+    on ONNX as before."""
+    if job.model.backend == "auto" and device.startswith("cuda") and _torch_stack_available():
+        try:
+            return CaptionModel.open(job.model, backend="torch")
+        except TagLoomError:
+            pass
+    return CaptionModel.open(job.model)
 
 
 def select_images(job: CaptionJob, sink) -> tuple[list[Path], int, list[tuple[str, str]], int]:
@@ -312,25 +320,12 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
             paths, probs, failed = item
             for path, reason in failed:
                 fail(path, reason)
-            for i, path in enumerate(paths):
-                if isinstance(probs, list) and probs[i] is None:
-                    continue  # failed in the engine, already reported
-                try:
-                    result = model.interpret(probs[i], file=relative_name(path, root))
-                    sink.write(path, result)
-                except OSError as e:  # a disk/permission problem on one caption
-                    fail(path, f"cannot write its caption: {e}")
-                    continue
-                except Exception as e:  # noqa: BLE001 - never let one image stop the run
-                    fail(path, f"{type(e).__name__}: {e}")
-                    continue
-                with lock:
-                    summary.done += 1
-                    counts["finished"] += 1
-            try:
-                sink.flush()
-            except OSError as e:
-                raise TagLoomError(f"cannot write {sink.describe()}: {e}") from e
+            done, problems = write_captions(model, sink, root, paths, probs)
+            for path, reason in problems:
+                fail(path, reason)
+            with lock:
+                summary.done += done
+                counts["finished"] += done
 
     reader = _Stage("tagloom-caption-read", read)
     writer = _Stage("tagloom-caption-write", write)
@@ -389,6 +384,27 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
                 pass
         writer.join(timeout=30)
         engine.close()
+
+
+def write_captions(model: CaptionModel, sink, root: Path, paths, rows) -> tuple[int, list[tuple[Path, str]]]:
+    """One batch of model rows -> caption files: (how many were written, [(image, reason)] for the
+    rest). A row of None (the model failed on that image, already reported) is skipped. Only a
+    sink that cannot be flushed at all (the JSONL file's disk) raises, ending the job."""
+    items, failed = [], []
+    for path, row in zip(paths, rows if rows is not None else []):
+        if row is None:
+            continue
+        try:
+            items.append((path, model.interpret(row, file=relative_name(Path(path), root))))
+        except Exception as e:  # noqa: BLE001 - never let one image stop the run
+            failed.append((path, f"{type(e).__name__}: {e}"))
+    unwritten = sink.write_batch(items)
+    failed += [(path, f"cannot write its caption: {e}") for path, e in unwritten]
+    try:
+        sink.flush()
+    except OSError as e:
+        raise TagLoomError(f"cannot write {sink.describe()}: {e}") from e
+    return len(items) - len(unwritten), failed
 
 
 def _predict(engine, pixels, paths, failed):

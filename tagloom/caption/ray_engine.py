@@ -125,7 +125,7 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
     except ImportError as e:
         raise TagLoomError("--engine ray needs Ray: pip install 'ray[data]'") from e
     from tagloom.caption.files import relative_name
-    from tagloom.caption.job import plan_model
+    from tagloom.caption.job import plan_model, write_captions
 
     import time
 
@@ -182,18 +182,12 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
             summary.load_seconds = time.perf_counter() - started
             first = False
         progress.check()
-        for path, row, error in zip(batch["path"], batch["probs"], batch["error"]):
-            path = Path(str(path))
-            rel = relative_name(path, root)
-            if error:
-                summary.failed.append((rel, str(error)))
-                continue
-            try:
-                sink.write(path, model.interpret(row, file=rel))
-                summary.done += 1
-            except Exception as e:  # noqa: BLE001 - one caption that cannot be written
-                summary.failed.append((rel, f"cannot write its caption: {e}"))
-        sink.flush()
+        paths = [Path(str(p)) for p in batch["path"]]
+        rows = [None if error else row for row, error in zip(batch["probs"], batch["error"])]
+        summary.failed += [(relative_name(p, root), str(error)) for p, error in zip(paths, batch["error"]) if error]
+        done, problems = write_captions(model, sink, root, paths, rows)
+        summary.done += done
+        summary.failed += [(relative_name(p, root), reason) for p, reason in problems]
         progress.advance(len(batch["path"]))
 
 
