@@ -229,3 +229,27 @@ def test_node_cancel_stops_and_rerun_continues(comfy, comfy_pack):
     assert first < len(imgs)
     out = _node(comfy_pack).caption("ds", str(tiny_model()), "txt", batch_size=2, device="cpu")
     assert out["result"][1:] == (len(imgs) - first, first, 0)
+
+
+def test_example_workflow_matches_the_node_and_runs(comfy, comfy_pack):
+    """example_workflows/caption_folder*.json: the UI file's widget values line up with the node's
+    inputs, the API file holds the same values, and the API prompt runs (its model swapped for the
+    tiny one: the real one is a 1.2 GB download)."""
+    from test_tagger_nodes import _widget_inputs
+
+    node_cls = comfy_pack.NODE_CLASS_MAPPINGS["TagLoomCaptionFolder"]
+    names = _widget_inputs(node_cls.INPUT_TYPES())
+    ui = json.loads((REPO / "example_workflows" / "caption_folder.json").read_text(encoding="utf-8"))
+    node = next(n for n in ui["nodes"] if n["type"] == "TagLoomCaptionFolder")
+    assert len(node["widgets_values"]) == len(names)
+    values = dict(zip(names, node["widgets_values"]))
+    api = json.loads((REPO / "example_workflows" / "caption_folder_api.json").read_text(encoding="utf-8"))
+    (inputs,) = [n["inputs"] for n in api.values() if n["class_type"] == "TagLoomCaptionFolder"]
+    assert inputs == values
+    assert values["model"] in node_cls.INPUT_TYPES()["required"]["model"][0]
+
+    input_dir = Path(comfy["folder_paths"].get_input_directory())
+    imgs = make_good_images(input_dir / values["folder"] / "sub", 3)
+    out = node_cls().caption(**{**inputs, "model": str(tiny_model()), "device": "cpu"})
+    assert out["result"][1:] == (3, 0, 0) and all(i.with_suffix(".txt").is_file() for i in imgs)
+    assert out["ui"]["text"] == [out["result"][0]]  # what web/tagloom-node-text.js shows on the node
