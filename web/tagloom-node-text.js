@@ -15,6 +15,7 @@ function resultWidget(node) {
   let widget = node.widgets?.find((w) => w.name === NAME);
   if (widget) return widget;
   widget = ComfyWidgets.STRING(node, NAME, ["STRING", { multiline: true }], app).widget;
+  widget.label = "result"; // what the Vue node renderer prints above the box
   widget.serialize = false; // workflow JSON
   widget.options = { ...(widget.options || {}), serialize: false, read_only: true }; // API prompt
   if (widget.inputEl) {
