@@ -258,3 +258,17 @@ def test_torch_engine_bf16_and_compiled_runs_here(images):
     full, short = compiled.predict(pixels[:-1]), compiled.predict(pixels[-1:])  # one shape, padded
     assert short.shape == (1, ref.shape[1])
     assert np.abs(np.concatenate([full, short]) - ref).max() < 0.05
+
+
+def test_onnx_engine_binds_torch_pixels_in_place(images):
+    """Pixels from the torch decoder go into ONNX Runtime through IO binding (on CUDA: no copy to
+    the host). Here the same code binds CPU tensors: the scores equal the numpy path's, also when
+    a model with a fixed batch size makes it run the batch in parts."""
+    torch = pytest.importorskip("torch")
+    pixels = np.stack([np.asarray(decode_file(p, 56).pixels) for p in images])
+    engine = OnnxEngine(tiny_model(), "wd", "cpu", threads=2)
+    expected = engine.predict(pixels)
+    tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # what TorchDecoder hands over: RGB NCHW uint8
+    assert np.abs(engine.predict(tensor) - expected).max() < 1e-6
+    engine.fixed_batch = 3  # as an export with its batch size baked in
+    assert np.abs(engine.predict(tensor) - expected).max() < 1e-6

@@ -58,9 +58,9 @@ class OnnxEngine:
         self.logits = family == "joytag"
 
     def predict(self, pixels) -> np.ndarray:
-        if not isinstance(pixels, np.ndarray):  # a torch tensor from the GPU decoder
-            if self.device == "cuda" and self.family == "wd":
-                return self._predict_cuda_tensor(pixels)
+        if not isinstance(pixels, np.ndarray):  # a torch tensor from the torch decoder
+            if self.family == "wd" and pixels.device.type == self.device:
+                return self._predict_tensor(pixels)
             pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
         x = to_model_input(pixels, self.family)
         step = self.fixed_batch or len(x)
@@ -68,22 +68,24 @@ class OnnxEngine:
         out = np.concatenate(outs, axis=0).astype(np.float32).reshape(len(x), -1)
         return sigmoid(out) if self.logits else out
 
-    def _predict_cuda_tensor(self, pixels) -> np.ndarray:
-        """GPU pixels straight into ONNX Runtime CUDA through IO binding (no host round trip)."""
+    def _predict_tensor(self, pixels) -> np.ndarray:
+        """Torch pixels into ONNX Runtime through IO binding, where they lie: from the GPU decoder
+        no host round trip. The same code binds CPU tensors, which is how it is tested here."""
         import torch
 
         x = pixels.flip(1).permute(0, 2, 3, 1).float().contiguous()  # RGB NCHW -> BGR NHWC float
-        # ONNX Runtime reads the buffer on its own CUDA stream: the kernels torch queued to fill it
-        # must have finished first, or the model would read half-written pixels.
-        torch.cuda.current_stream(x.device).synchronize()
+        kind, index = x.device.type, x.device.index or 0
+        if kind == "cuda":
+            # ONNX Runtime reads the buffer on its own CUDA stream: the kernels torch queued to
+            # fill it must have finished first, or the model would read half-written pixels.
+            torch.cuda.current_stream(x.device).synchronize()
         step = self.fixed_batch or len(x)
         outs = []
         for i in range(0, len(x), step):
             part = x[i : i + step]
             binding = self.session.io_binding()
-            binding.bind_input(self.input_name, "cuda", x.device.index or 0, np.float32, list(part.shape),
-                               part.data_ptr())
-            binding.bind_output(self.output_name, "cuda")
+            binding.bind_input(self.input_name, kind, index, np.float32, list(part.shape), part.data_ptr())
+            binding.bind_output(self.output_name, kind, index)
             self.session.run_with_iobinding(binding)
             outs.append(np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32).reshape(len(part), -1))
         return np.concatenate(outs, axis=0)
