@@ -272,3 +272,15 @@ def test_onnx_engine_binds_torch_pixels_in_place(images):
     assert np.abs(engine.predict(tensor) - expected).max() < 1e-6
     engine.fixed_batch = 3  # as an export with its batch size baked in
     assert np.abs(engine.predict(tensor) - expected).max() < 1e-6
+
+
+def test_auto_decoder_choice():
+    """Where 'auto' decodes: on the GPU when the engine takes GPU pixels and torchvision is there."""
+    from tagloom.caption.job import choose_decoder
+
+    assert choose_decoder("auto", "cpu", "torch", "wd") == "cpu"
+    assert choose_decoder("auto", "cuda", "torch", "wd") == "gpu"
+    assert choose_decoder("auto", "cuda:1", "onnx", "wd") == "gpu"  # IO binding
+    assert choose_decoder("auto", "cuda", "onnx", "joytag") == "cpu"  # normalised on the host
+    assert choose_decoder("cpu", "cuda", "torch", "wd") == "cpu"
+    assert choose_decoder("gpu", "cpu", "onnx", "wd") == "gpu"

@@ -153,6 +153,19 @@ def plan_model(job: CaptionJob, device: str) -> CaptionModel:
     return CaptionModel.open(job.model)
 
 
+def choose_decoder(decode: str, device: str, backend: str, family: str) -> str:
+    """'gpu' or 'cpu'. 'auto' decodes on the GPU whenever the engine takes pixels that lie there:
+    the torch backend, and wd-layout ONNX models through IO binding. JoyTag's ONNX input is
+    normalised on the host, so its pixels are decoded there too; without torchvision (an ONNX-only
+    install) the CPU decodes."""
+    if decode != "auto":
+        return decode
+    if not device.startswith("cuda") or not (backend == "torch" or family == "wd"):
+        return "cpu"
+    has_torchvision = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchvision"))
+    return "gpu" if has_torchvision else "cpu"
+
+
 def select_images(job: CaptionJob, sink) -> tuple[list[Path], int, list[tuple[str, str]], int]:
     """(images to caption, how many already have captions, failures found before decoding, total)."""
     root = Path(job.folder)
@@ -272,7 +285,7 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
         size = model.input_size or engine.input_size
         if not size:
             raise TagLoomError(f"{model.path}: cannot tell the model's input size (no config.json, dynamic ONNX input)")
-        decode = job.decode if job.decode != "auto" else ("gpu" if device.startswith("cuda") and engine.name == "torch" else "cpu")
+        decode = choose_decoder(job.decode, device, model.backend, model.family)
         if decode == "gpu":
             from tagloom.caption.gpu import TorchDecoder
 

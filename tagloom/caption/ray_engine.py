@@ -125,7 +125,7 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
     except ImportError as e:
         raise TagLoomError("--engine ray needs Ray: pip install 'ray[data]'") from e
     from tagloom.caption.files import relative_name
-    from tagloom.caption.job import plan_model, write_captions
+    from tagloom.caption.job import choose_decoder, plan_model, write_captions
 
     import time
 
@@ -141,7 +141,7 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
     batch_size = job.batch_size or (64 if device == "cuda" else 16)
     actors = job.ray_actors or (gpus if device == "cuda" else 1)
     # As in the local job: "gpu" = torchvision's decoder on the actor's device (nvjpeg on CUDA).
-    gpu_decode = job.decode == "gpu" or (job.decode == "auto" and device == "cuda" and model.backend == "torch")
+    gpu_decode = choose_decoder(job.decode, device, model.backend, model.family) == "gpu"
     summary.device = f"ray:{actors}x{device}"
     summary.provider = f"ray: {actors} {model.backend} actor(s) on {device}"
 
