@@ -27,6 +27,8 @@ from tagloom.search.semantic import collection_name, index_dir, open_index_db
 from tagloom.search.text import entry_text, text_hash
 from tagloom.tags.db import TagDB, default_path
 
+CHROMA_CHUNK = 5000  # under chromadb's max_batch_size (5,461 for the embedded store)
+
 
 def build_index(
     db_path=None,
@@ -70,14 +72,14 @@ def build_index(
     coll = dense_store(folder, store_kind, name, emb.dim)
     if switched and store_kind == "chroma":
         old = coll.get(include=[])["ids"]
-        for s in range(0, len(old), 5000):
-            coll.delete(ids=old[s:s + 5000])
+        for s in range(0, len(old), CHROMA_CHUNK):
+            coll.delete(ids=old[s:s + CHROMA_CHUNK])
     stored = dict(conn.execute("SELECT tag_id, hash FROM entries"))
     todo = [i for i in texts if stored.get(i) != hashes[i]]
     gone = [i for i in stored if i not in texts]
     if gone:
-        for s in range(0, len(gone), 5000):
-            chunk = gone[s:s + 5000]
+        for s in range(0, len(gone), CHROMA_CHUNK):
+            chunk = gone[s:s + CHROMA_CHUNK]
             coll.delete(ids=[str(i) for i in chunk])
             with conn:
                 conn.executemany("DELETE FROM entries WHERE tag_id=?", [(i,) for i in chunk])
@@ -146,7 +148,11 @@ def build_index(
 def _store(coll, conn: sqlite3.Connection, cpath: Path, dim: int, hashes: dict, ids: list[int], enc) -> None:
     """One embedded batch into the dense store, the sparse postings, the ColBERT file and ``entries`` — in
     that order, so an entry (and its hash) exists only once everything it points to is written."""
-    coll.upsert(ids=[str(i) for i in ids], embeddings=enc.dense.astype(np.float32))
+    dense = enc.dense.astype(np.float32)
+    # chromadb refuses more than max_batch_size (5,461 embedded) items per call, and a GPU build may
+    # use bigger batches (--batch-size 8192): upsert in chunks, as the deletes above do.
+    for s in range(0, len(ids), CHROMA_CHUNK):
+        coll.upsert(ids=[str(i) for i in ids[s:s + CHROMA_CHUNK]], embeddings=dense[s:s + CHROMA_CHUNK])
     rows = []
     with conn:
         if enc.colbert is not None:
