@@ -37,3 +37,46 @@ def test_store_splits_gpu_sized_batches_for_chromadb(tmp_path):
     _store(coll, conn, tmp_path / "colbert.f16", dim, {i: "h" for i in ids}, ids, enc)
     assert coll.count() == n
     assert conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == n
+
+
+def test_bge_m3_download_fetches_the_encoder_weights(tmp_path, tiny_m3, monkeypatch):
+    """BAAI/bge-m3 ships its encoder as pytorch_model.bin only. The hub cannot be reached here, so a
+    fake snapshot_download serves a folder in that layout, filtered by huggingface_hub's own
+    allow_patterns matching (a fake: no network in tests)."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from tagloom.search.embedders import resolve_m3_path
+
+    hub = tmp_path / "hub-bge-m3"
+    shutil.copytree(tiny_m3, hub, ignore=shutil.ignore_patterns("model.safetensors"))
+    from transformers import AutoModel
+
+    torch.save(AutoModel.from_pretrained(str(tiny_m3)).state_dict(), hub / "pytorch_model.bin")
+    (hub / "onnx").mkdir()
+    (hub / "onnx" / "model.onnx_data").write_bytes(b"\0" * 16)  # 2 GB in the real repo: must not come
+    asked = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, local_dir=None, **kw):
+        asked.append(repo_id)
+        files = [str(p.relative_to(hub)) for p in hub.rglob("*") if p.is_file()]
+        for f in filter_repo_objects(files, allow_patterns=allow_patterns):
+            (local_dir / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(hub / f, local_dir / f)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("TAGLOOM_HF_OFFLINE", "0")
+    # A folder left by a download without the weights is completed, not used as it is.
+    from tagloom import config
+
+    partial = config.models_dir() / "bge-m3"
+    partial.mkdir(parents=True)
+    shutil.copy(hub / "config.json", partial / "config.json")
+    path = resolve_m3_path("bge-m3")
+    assert asked == ["BAAI/bge-m3"] and (path / "pytorch_model.bin").is_file()
+    assert not (path / "onnx" / "model.onnx_data").exists()
+    emb = M3Embedder("bge-m3", path, device="cpu")
+    assert emb.encode(TEXTS[:2]).dense.shape == (2, emb.dim)

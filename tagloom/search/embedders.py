@@ -87,6 +87,16 @@ def _torch_device(device: str | None) -> str:
     return device
 
 
+# What transformers loads the encoder from. BAAI/bge-m3 ships its encoder as pytorch_model.bin
+# only (2.27 GB; transformers reads it with torch.load(weights_only=True)), no model.safetensors.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+HUB_PATTERNS = ["*.json", "*.safetensors", "pytorch_model*.bin", "*.pt", "*.model", "*.txt"]
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in WEIGHT_FILES)
+
+
 def resolve_m3_path(ref: str) -> Path:
     """A local BGE-M3 directory: the path itself, ``<models>/<name>``, or a hub download."""
     from tagloom import config
@@ -96,7 +106,8 @@ def resolve_m3_path(ref: str) -> Path:
         return p
     for base in config.model_search_dirs():
         cand = base / ref.split("/")[-1]
-        if cand.is_dir() and (cand / "config.json").is_file():
+        # Without weights it is a download cut short (or one made without the .bin): complete it.
+        if cand.is_dir() and (cand / "config.json").is_file() and _has_weights(cand):
             return cand
     repo = "BAAI/bge-m3" if ref in ("bge-m3", "BAAI/bge-m3") else ref
     if config.setting("hf_offline"):
@@ -104,8 +115,7 @@ def resolve_m3_path(ref: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.pt", "*.model", "*.txt"],
-                                      local_dir=config.models_dir() / repo.split("/")[-1]))
+        return Path(snapshot_download(repo, allow_patterns=HUB_PATTERNS, local_dir=config.models_dir() / repo.split("/")[-1]))
     except Exception as e:
         raise TagLoomError(f"cannot get BGE-M3 model {repo!r}: {e}") from e
 
@@ -123,6 +133,9 @@ class M3Embedder(Embedder):
             # FlagEmbedding silently uses random heads when these are missing: refuse instead.
             if not (path / head).is_file():
                 raise TagLoomError(f"{path}: {head} is missing (a BGE-M3 folder has colbert_linear.pt and sparse_linear.pt)")
+        if not _has_weights(path):
+            raise TagLoomError(f"{path}: no encoder weights (pytorch_model.bin or model.safetensors); "
+                               "download BAAI/bge-m3 again (huggingface-cli download BAAI/bge-m3 --local-dir ...)")
         dev = _torch_device(device)
         super().__init__(spec=spec, slug=slug_for(spec), has_sparse=True, has_colbert=True, device=dev,
                          info={"model": str(path)})
