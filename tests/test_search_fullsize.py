@@ -80,3 +80,32 @@ def test_bge_m3_download_fetches_the_encoder_weights(tmp_path, tiny_m3, monkeypa
     assert not (path / "onnx" / "model.onnx_data").exists()
     emb = M3Embedder("bge-m3", path, device="cpu")
     assert emb.encode(TEXTS[:2]).dense.shape == (2, emb.dim)
+
+
+def test_colbert_file_cut_short_by_a_crash_still_opens(tmp_path, tiny_m3):
+    """A build killed while appending ColBERT rows (gigabytes at full size) leaves a partial row;
+    the built index must still open and re-rank, and the next build must drop the partial row."""
+    pytest.importorskip("chromadb")
+    from tagloom.search.build import build_index
+    from tagloom.search.engine import clear_cache
+    from tagloom.search.semantic import SemanticIndex, index_dir
+    from tagloom.tags import TagDB
+
+    db_path = tmp_path / "tags.sqlite"
+    with TagDB(db_path) as db:
+        db.upsert_tags({"name": n, "category": 0, "post_count": 10 - i} for i, n in enumerate(["twintails", "long_hair", "wlop"]))
+    spec = f"m3:{tiny_m3}"
+    clear_cache()
+    build_index(db_path, spec, device="cpu")
+    cpath = index_dir(db_path, spec) / "colbert.f16"
+    size = cpath.stat().st_size
+    with cpath.open("ab") as f:
+        f.write(b"\1" * 37)  # part of a row: the crash
+    found = SemanticIndex.open(db_path, spec).search("twin tails", k=3)
+    assert len(found["colbert"]) == 3
+    with TagDB(db_path) as db:
+        db.set_description("wlop", "An artist.")
+    assert build_index(db_path, spec, device="cpu")["embedded"] == 1
+    dim = SemanticIndex.open(db_path, spec).embedder.dim
+    assert (cpath.stat().st_size - size) % (2 * dim) == 0
+    clear_cache()

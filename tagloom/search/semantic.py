@@ -146,8 +146,11 @@ class SemanticIndex:
         self.count = int(self.info.get("count", 0))
         self._colbert = None
         cpath = folder / "colbert.f16"
-        if self.embedder.has_colbert and cpath.is_file() and cpath.stat().st_size:
-            self._colbert = np.memmap(cpath, dtype=np.float16, mode="r").reshape(-1, self.embedder.dim)
+        rows = cpath.stat().st_size // (2 * self.embedder.dim) if cpath.is_file() else 0
+        if self.embedder.has_colbert and rows:
+            # Whole rows only: a build killed mid-write leaves a partial row at the end (the next
+            # build drops it), which a plain reshape would refuse, losing the semantic channel.
+            self._colbert = np.memmap(cpath, dtype=np.float16, mode="r", shape=(rows, self.embedder.dim))
         self._lock = threading.Lock()
         # The popups ask again for the same text (re-focus, debounced retries): keep recent query
         # encodings, which are most of a semantic query's cost on CPU.
