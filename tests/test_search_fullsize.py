@@ -109,3 +109,19 @@ def test_colbert_file_cut_short_by_a_crash_still_opens(tmp_path, tiny_m3):
     dim = SemanticIndex.open(db_path, spec).embedder.dim
     assert (cpath.stat().st_size - size) % (2 * dim) == 0
     clear_cache()
+
+
+def test_m3_half_precision_path_on_cpu(tiny_m3):
+    """The CUDA build runs M3 in fp16 (model, heads, padding mask in half; results back in float32).
+    The same function with fp16=True on CPU runs those lines here and must agree with fp32."""
+    full = M3Embedder("m3:fp32", tiny_m3, device="cpu")
+    half = M3Embedder("m3:fp16", tiny_m3, device="cpu", fp16=True)
+    assert half.model.dtype == torch.float16 and half.sparse_linear.weight.dtype == torch.float16
+    a, b = full.encode(TEXTS, batch_size=4), half.encode(TEXTS, batch_size=4)
+    assert b.dense.dtype == np.float32 and b.colbert[0].dtype == np.float16
+    assert np.min(np.sum(a.dense * b.dense, axis=1)) > 0.999
+    for sa, sb in zip(a.sparse, b.sparse):
+        assert all(abs(sa.get(t, 0.0) - sb.get(t, 0.0)) < 0.1 for t in sa.keys() | sb.keys())
+    for ca, cb in zip(a.colbert, b.colbert):
+        assert ca.shape == cb.shape
+        np.testing.assert_allclose(ca.astype(np.float32), cb.astype(np.float32), atol=2e-2)
