@@ -125,3 +125,36 @@ def test_m3_half_precision_path_on_cpu(tiny_m3):
     for ca, cb in zip(a.colbert, b.colbert):
         assert ca.shape == cb.shape
         np.testing.assert_allclose(ca.astype(np.float32), cb.astype(np.float32), atol=2e-2)
+
+
+def test_store_switch_does_not_keep_dead_colbert_rows(tmp_path, tiny_m3, monkeypatch):
+    """Changing search_store embeds every tag again; the ColBERT file (3 GB at full size) and the
+    postings must not keep the previous rows, nor postings of tags deleted meanwhile."""
+    pytest.importorskip("chromadb")
+    from tagloom.search.build import build_index
+    from tagloom.search.engine import clear_cache
+    from tagloom.search.semantic import SemanticIndex, index_dir, open_index_db
+    from tagloom.tags import TagDB
+
+    db_path = tmp_path / "tags.sqlite"
+    with TagDB(db_path) as db:
+        db.upsert_tags({"name": n, "category": 0, "post_count": 10 - i} for i, n in enumerate(["twintails", "long_hair", "wlop"]))
+    spec = f"m3:{tiny_m3}"
+    clear_cache()
+    monkeypatch.setenv("TAGLOOM_SEARCH_STORE", "numpy")
+    build_index(db_path, spec, device="cpu")
+    with TagDB(db_path) as db:
+        db.conn.execute("DELETE FROM tags WHERE name='wlop'")
+        db.conn.commit()
+    monkeypatch.setenv("TAGLOOM_SEARCH_STORE", "chroma")
+    assert build_index(db_path, spec, device="cpu")["embedded"] == 2
+    folder = index_dir(db_path, spec)
+    conn = open_index_db(folder)
+    rows = conn.execute("SELECT SUM(c_len) FROM entries").fetchone()[0]
+    posted = {t for (t,) in conn.execute("SELECT DISTINCT tag_id FROM postings")}
+    entries = {t for (t,) in conn.execute("SELECT tag_id FROM entries")}
+    conn.close()
+    dim = SemanticIndex.open(db_path, spec).embedder.dim
+    assert (folder / "colbert.f16").stat().st_size == rows * dim * 2
+    assert posted == entries
+    clear_cache()

@@ -62,12 +62,12 @@ def build_index(
     store_kind = resolve_store()
     conn = open_index_db(folder)
     name = collection_name(db_path, emb.slug)
+    cpath = folder / "colbert.f16"
     switched = bool(conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone()) and _get_info(conn, "store", "chroma") != store_kind
     if switched:
         # The vectors are in the other store (search_store changed): embed everything into this one,
         # starting it empty (it may hold rows from before an earlier switch).
-        conn.execute("DELETE FROM entries")
-        conn.commit()
+        _forget_all(conn, cpath)
         (folder / NumpyStore.FILE).unlink(missing_ok=True)
     coll = dense_store(folder, store_kind, name, emb.dim)
     if switched and store_kind == "chroma":
@@ -84,11 +84,9 @@ def build_index(
             with conn:
                 conn.executemany("DELETE FROM entries WHERE tag_id=?", [(i,) for i in chunk])
                 conn.executemany("DELETE FROM postings WHERE tag_id=?", [(i,) for i in chunk])
-    cpath = folder / "colbert.f16"
     if emb.has_colbert and _get_info(conn, "colbert", True) != bool(colbert):
         # Switching ColBERT storage on or off changes what every entry points to: embed all again.
-        conn.execute("DELETE FROM entries")
-        conn.commit()
+        _forget_all(conn, cpath)
         todo = list(texts)
     _set_info(conn, spec=emb.spec, slug=emb.slug, dim=emb.dim, collection=name, store=store_kind, has_sparse=emb.has_sparse,
               has_colbert=emb.has_colbert, colbert=bool(colbert and emb.has_colbert), model=emb.info.get("model"))
@@ -219,6 +217,20 @@ class _Writer:
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join()
+
+
+def _forget_all(conn: sqlite3.Connection, cpath: Path) -> None:
+    """Every tag is about to be embedded again: drop the entries, and with them the postings and
+    the ColBERT rows nothing will point to any more (about 3 GB for the full list with BGE-M3,
+    which each re-embedding would otherwise add again; postings of tags deleted meanwhile would
+    stay forever, since removals are found through the entries)."""
+    with conn:
+        conn.execute("DELETE FROM entries")
+        conn.execute("DELETE FROM postings")
+    try:
+        cpath.unlink(missing_ok=True)
+    except OSError:  # Windows, while a running engine maps it: new rows append after the dead ones, as before
+        pass
 
 
 def _get_info(conn: sqlite3.Connection, key: str, default=None):
