@@ -33,13 +33,16 @@ def _lora_opts(tiny, out, **kw):
 def test_cuda_device_without_index_is_the_local_rank():
     """`--device cuda` (and auto) must name this process's GPU: torch.cuda.set_device rejects an
     index-less device, and under torchrun all ranks on cuda:0 would make NCCL fail."""
+    from tagloom.errors import TagLoomError
     from training.tagger.train import resolve_device
 
-    assert resolve_device("cuda", 3, True) == torch.device("cuda", 3)
-    assert resolve_device("auto", 1, True) == torch.device("cuda", 1)
-    assert resolve_device("cuda:2", 0, True) == torch.device("cuda", 2)  # an explicit index is kept
-    assert resolve_device("auto", 1, False) == torch.device("cpu")
-    assert resolve_device("cpu", 1, True) == torch.device("cpu")
+    assert resolve_device("cuda", 3, 4) == torch.device("cuda", 3)
+    assert resolve_device("auto", 1, 2) == torch.device("cuda", 1)
+    assert resolve_device("cuda:2", 0, 4) == torch.device("cuda", 2)  # an explicit index is kept
+    assert resolve_device("auto", 1, 0) == torch.device("cpu")
+    assert resolve_device("cpu", 1, 2) == torch.device("cpu")
+    with pytest.raises(TagLoomError, match="only 1 CUDA device"):
+        resolve_device("auto", 1, 1)  # gpus=2 on a one-GPU machine
 
 
 def test_validation_shards_cover_each_image_once_and_an_empty_rank_gathers():

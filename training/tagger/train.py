@@ -191,17 +191,22 @@ def lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
 
 
 # --- distributed --------------------------------------------------------------------------------
-def resolve_device(device_opt: str, local_rank: int, cuda_available: bool):
+def resolve_device(device_opt: str, local_rank: int, cuda_devices: int):
     """The torch device of this process. A CUDA device without an index ("auto", "cuda") is the
     process's own GPU, cuda:LOCAL_RANK: torch.cuda.set_device rejects an index-less device, and
-    under torchrun every rank on cuda:0 would make NCCL fail (duplicate GPU)."""
+    under torchrun every rank on cuda:0 would make NCCL fail (duplicate GPU). More processes than
+    visible GPUs (the node's `gpus` set too high) is a clear error, not "invalid device ordinal"."""
     import torch
 
     if device_opt == "auto":
-        return torch.device(f"cuda:{local_rank}" if cuda_available else "cpu")
-    device = torch.device(device_opt)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+        device = torch.device(f"cuda:{local_rank}" if cuda_devices else "cpu")
+    else:
+        device = torch.device(device_opt)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and device.index >= cuda_devices:
+        raise TagLoomError(f"device {device}: only {cuda_devices} CUDA device(s) visible; start at most one "
+                           "training process per GPU (gpus / --nproc_per_node)")
     return device
 
 
@@ -210,7 +215,7 @@ def setup_distributed(device_opt: str):
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_opt, local, torch.cuda.is_available())
+    device = resolve_device(device_opt, local, torch.cuda.device_count() if torch.cuda.is_available() else 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not torch.distributed.is_initialized():
