@@ -382,11 +382,16 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
     t_start = time.time()
     model.train()
     for epoch in range(start_epoch, opts.epochs):
-        # every random draw of this epoch derives from (seed, epoch): shuffle, augmentation, drop-path
-        torch.manual_seed(opts.seed * 100003 + epoch)
-        g = torch.Generator().manual_seed(opts.seed * 100003 + epoch)
+        # every random draw of this epoch derives from (seed, epoch): shuffle, augmentation, drop-path.
+        # The order is the same on every rank (each takes its shard of it); augmentation and drop-path
+        # draws also depend on the rank, else all GPUs would draw the same masks and ops for their
+        # i-th images (rank 0 draws exactly what a single process draws).
+        epoch_seed = opts.seed * 100003 + epoch
+        torch.manual_seed(epoch_seed + rank * 1_000_003)
+        g = torch.Generator().manual_seed(epoch_seed)
         order = torch.randperm(len(train_ds), generator=g).tolist()
-        loader = torch.utils.data.DataLoader(train_ds, sampler=shard(order, world, rank), generator=g, **loader_kw)
+        loader_g = g if rank == 0 else torch.Generator().manual_seed(epoch_seed + rank * 1_000_003)  # worker seeds
+        loader = torch.utils.data.DataLoader(train_ds, sampler=shard(order, world, rank), generator=loader_g, **loader_kw)
         optimizer.zero_grad(set_to_none=True)
         running, seen, t_epoch = 0.0, 0, time.time()
         for b, (x, y) in enumerate(loader):
