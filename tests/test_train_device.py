@@ -122,3 +122,23 @@ def test_resume_with_fp16_after_a_run_without_it(tiny, tmp_path):
     LoraTrainer(_lora_opts(tiny, out, mixed_precision="no")).train(stop_after=1)
     tr = LoraTrainer(_lora_opts(tiny, out, mixed_precision="fp16", resume=True))
     assert tr.scaler.is_enabled() and tr.load_state() and tr.step == 1
+
+
+def test_text_encoder_gradient_checkpointing_is_active(tiny, tmp_path):
+    """transformers skips checkpointing in eval mode (what from_pretrained returns): with
+    --gradient-checkpointing and a trained text encoder its layers must really be recomputed."""
+    from training.lora.train import LoraTrainer
+
+    tr = LoraTrainer(_lora_opts(tiny, tmp_path / "gc.safetensors", text_encoder_lr=1e-3, gradient_checkpointing=True,
+                                mixed_precision="no"))
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in tr.base.text_encoders[0].modules() if isinstance(m, GradientCheckpointingLayer)]
+    calls = []
+    for layer in layers:
+        inner = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, _f=inner, **k: calls.append(1) or _f(*a, **k)
+    tr.train_step()
+    assert layers and len(calls) == len(layers)  # each encoder layer ran checkpointed once
+    te_grads = [p.grad for p in tr.optimizer.param_groups[1]["params"]]
+    assert tr.step == 1 and te_grads  # the text encoder's adapters are in the optimizer

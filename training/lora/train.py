@@ -111,6 +111,10 @@ class LoraTrainer:
             if self.train_te:
                 for te in base.text_encoders:
                     te.gradient_checkpointing_enable()
+                    # transformers checkpoints a layer only in training mode, and from_pretrained
+                    # returns eval mode: without this the option saved no text encoder memory.
+                    # (CLIP's dropout and attention_dropout are 0 in SD configs: nothing else changes.)
+                    te.train()
         if opts.optimizer == "lamb":
             from timm.optim import Lamb
 
