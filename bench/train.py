@@ -36,6 +36,7 @@ def bench_tagger(model_name, image_size, batch, precision, device, steps, warmup
     from training.tagger.options import TaggerOptions
     from training.tagger.train import _autocast, create_network
 
+    _reset_peak(device)
     opts = TaggerOptions(dataset=Path("."), out=Path("."), model_name=model_name, image_size=image_size,
                          model_args=dict(model_args))
     model, _cfg = create_network(opts, num_classes)
@@ -74,6 +75,19 @@ def bench_tagger(model_name, image_size, batch, precision, device, steps, warmup
     return batch / dt, dt, peak
 
 
+def _reset_peak(device):
+    """Each row's peak is its own: without the reset, max_memory_allocated keeps the largest peak of
+    every earlier row (the EVA-02 Large rows would show in the LoRA rows)."""
+    import gc
+
+    import torch
+
+    if device.type == "cuda":
+        gc.collect()  # the previous row's model and optimizer state
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def _sync(device):
     import torch
 
@@ -105,6 +119,7 @@ def bench_lora(preset, device, batch, resolution, rank, steps, warmup, precision
     from training.lora.options import LoraOptions
     from training.lora.train import LoraTrainer
 
+    _reset_peak(device)
     ds = Path(tmp) / "lora_ds"
     make_dataset(ds, max(batch, 4), size=(resolution, resolution))
     if preset == "gpu":

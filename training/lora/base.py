@@ -78,8 +78,17 @@ def load_base(name: str | Path, dtype=None, config_dir: str | Path | None = None
     else:
         from diffusers import StableDiffusionPipeline as Pipe
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if arch == "sd15" else {}
+    cfg_dir = str(config_dir or CONFIGS / arch)
     try:
-        pipe = Pipe.from_single_file(str(path), config=str(config_dir or CONFIGS / arch), local_files_only=True,
+        # The VAE is always read in float32, whatever ``dtype`` the UNet and text encoders get: the
+        # trainer encodes latents in float32, and a VAE read in bf16 and upcast later would have lost
+        # its weights' precision (bf16 keeps 8 bits of mantissa).
+        if dtype != torch.float32:
+            from diffusers import AutoencoderKL
+
+            kwargs["vae"] = AutoencoderKL.from_single_file(str(path), config=cfg_dir, subfolder="vae",
+                                                           local_files_only=True, torch_dtype=torch.float32)
+        pipe = Pipe.from_single_file(str(path), config=cfg_dir, local_files_only=True,
                                      torch_dtype=dtype, **kwargs)
     except Exception as e:
         raise InputFileError(path, f"cannot be loaded as an {arch} checkpoint: {type(e).__name__}: {e}") from e
@@ -90,12 +99,13 @@ def load_base(name: str | Path, dtype=None, config_dir: str | Path | None = None
 
 
 def _from_folder(path: Path, dtype) -> Base:
+    import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     index = json.loads((path / "model_index.json").read_text())
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)  # see load_base
     encoders = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype)]
     tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")]
     arch = "sd15"

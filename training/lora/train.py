@@ -87,10 +87,14 @@ class LoraTrainer:
         opts, base = self.opts, self.base
         self.samples = load_samples(Path(opts.dataset), opts.resolution, opts.bucket_step, opts.buckets)
         self.alpha = float(opts.alpha if opts.alpha is not None else opts.rank)
-        for m in [base.unet, base.vae, *base.text_encoders]:
+        for m in [base.unet, *base.text_encoders]:
             m.requires_grad_(False)
-            m.to(self.device)
-        base.vae.to(dtype=torch.float32)  # latents are encoded once, in full precision
+            # a base passed in (bench, tests) is in whatever dtype its maker chose: the UNet and the
+            # text encoders must be in weight_dtype, which batch_loss casts the UNet's inputs to
+            m.to(self.device, dtype=self.weight_dtype)
+        base.vae.requires_grad_(False)
+        # latents are encoded once, in full precision (load_base reads the VAE in float32 too)
+        base.vae.to(self.device, dtype=torch.float32)
         torch.manual_seed(opts.seed)  # LoRA init
         targets = UNET_TARGETS + (UNET_CONV_TARGETS if opts.conv else [])
         inject_adapter_in_model(LoraConfig(r=opts.rank, lora_alpha=self.alpha, target_modules=targets), base.unet)
@@ -107,6 +111,10 @@ class LoraTrainer:
             if self.train_te:
                 for te in base.text_encoders:
                     te.gradient_checkpointing_enable()
+                    # transformers checkpoints a layer only in training mode, and from_pretrained
+                    # returns eval mode: without this the option saved no text encoder memory.
+                    # (CLIP's dropout and attention_dropout are 0 in SD configs: nothing else changes.)
+                    te.train()
         if opts.optimizer == "lamb":
             from timm.optim import Lamb
 
@@ -215,9 +223,11 @@ class LoraTrainer:
             ehs, pooled = self.encode_text(captions)
             kwargs = {}
             if base.arch == "sdxl":
+                # float32, not ehs.dtype: bf16 holds integers exactly only up to 256 (1365 -> 1368);
+                # the UNet embeds time_ids in float32 itself
                 time_ids = torch.tensor([[*self.samples[i].original_size, *self.samples[i].crop,
                                           self.samples[i].bucket[1], self.samples[i].bucket[0]] for i in indices],
-                                        dtype=ehs.dtype, device=self.device)
+                                        dtype=torch.float32, device=self.device)
                 kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
             pred = base.unet(noisy.to(self.weight_dtype), timesteps, ehs.to(self.weight_dtype), **kwargs).sample
         if sched.config.prediction_type == "v_prediction":
@@ -378,7 +388,8 @@ class LoraTrainer:
             set_peft_model_state_dict(te, sd)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved with fp16 off; loading {} into an enabled scaler raises
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.started_at = int(state["step"]), float(state["started_at"])
         return True
 
@@ -403,8 +414,15 @@ class LoraTrainer:
         pipe.set_progress_bar_config(disable=True)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _Null()
         with torch.no_grad(), autocast:
-            image = pipe(o.sample_prompt, num_inference_steps=o.sample_steps, height=o.resolution, width=o.resolution,
-                         generator=torch.Generator(self.device).manual_seed(o.seed)).images[0]
+            latents = pipe(o.sample_prompt, num_inference_steps=o.sample_steps, height=o.resolution, width=o.resolution,
+                           generator=torch.Generator(self.device).manual_seed(o.seed), output_type="latent").images
+        # the VAE decodes outside autocast, in its own float32: under fp16 autocast SDXL's VAE
+        # overflows (NaN, a black sample), which is why diffusers keeps it in float32 (force_upcast)
+        with torch.no_grad():
+            vc = b.vae.config
+            latents = latents.to(self.device, torch.float32) / vc.scaling_factor + (getattr(vc, "shift_factor", None) or 0.0)
+            decoded = b.vae.decode(latents).sample
+        image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
         folder = self.out.parent / f"{self.out.stem}_samples"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step_{self.step:06d}.png"

@@ -191,20 +191,42 @@ def lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
 
 
 # --- distributed --------------------------------------------------------------------------------
+def resolve_device(device_opt: str, local_rank: int, cuda_devices: int):
+    """The torch device of this process. A CUDA device without an index ("auto", "cuda") is the
+    process's own GPU, cuda:LOCAL_RANK: torch.cuda.set_device rejects an index-less device, and
+    under torchrun every rank on cuda:0 would make NCCL fail (duplicate GPU). More processes than
+    visible GPUs (the node's `gpus` set too high) is a clear error, not "invalid device ordinal"."""
+    import torch
+
+    if device_opt == "auto":
+        device = torch.device(f"cuda:{local_rank}" if cuda_devices else "cpu")
+    else:
+        device = torch.device(device_opt)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and device.index >= cuda_devices:
+        raise TagLoomError(f"device {device}: only {cuda_devices} CUDA device(s) visible; start at most one "
+                           "training process per GPU (gpus / --nproc_per_node)")
+    return device
+
+
 def setup_distributed(device_opt: str):
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_opt == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_opt)
+    device = resolve_device(device_opt, local, torch.cuda.device_count() if torch.cuda.is_available() else 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return device, world, int(os.environ.get("RANK", "0"))
+
+
+def val_shard(n: int, world: int, rank: int) -> list[int]:
+    """This rank's validation images: each image once over all ranks (no padding: padded
+    duplicates would count twice in the gathered metrics and in threshold calibration)."""
+    return list(range(rank, n, world))
 
 
 def shard(indices: list[int], world: int, rank: int) -> list[int]:
@@ -240,7 +262,9 @@ def _predict(model, loader, device, precision):
             targets.append(y)
     model.train()
     if not probs:
-        return np.zeros((0, 0)), np.zeros((0, 0))
+        # a rank with no validation images still gathers: keep the class axis so concatenation works
+        n = loader.dataset.num_classes
+        return np.zeros((0, n), dtype=np.float32), np.zeros((0, n), dtype=np.float32)
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
 
@@ -281,6 +305,7 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
     ckpt_dir = out / "checkpoints"
     if is_main_process():
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+    own_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     device, world, rank = setup_distributed(opts.device)
     precision = opts.precision
     if precision == "auto":
@@ -338,7 +363,8 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved with fp16 off; loading {} into an enabled scaler raises
+            scaler.load_state_dict(state["scaler"])
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         best_f1, bad_epochs = float(state["best_f1"]), int(state["bad_epochs"])
         history = json.loads(state["history"])
@@ -349,18 +375,23 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
     loader_kw = dict(batch_size=opts.batch_size, num_workers=opts.workers, pin_memory=device.type == "cuda",
                      persistent_workers=False)
     val_loader = torch.utils.data.DataLoader(val_ds, shuffle=False,
-                                             sampler=shard(list(range(len(val_ds))), world, rank) if world > 1 else None,
+                                             sampler=val_shard(len(val_ds), world, rank) if world > 1 else None,
                                              **loader_kw)
     report(event="start", kind="tagger", total=total_steps, step=step, epochs=opts.epochs, images=len(train_ds),
            tags=len(names), device=str(device), precision=precision)
     t_start = time.time()
     model.train()
     for epoch in range(start_epoch, opts.epochs):
-        # every random draw of this epoch derives from (seed, epoch): shuffle, augmentation, drop-path
-        torch.manual_seed(opts.seed * 100003 + epoch)
-        g = torch.Generator().manual_seed(opts.seed * 100003 + epoch)
+        # every random draw of this epoch derives from (seed, epoch): shuffle, augmentation, drop-path.
+        # The order is the same on every rank (each takes its shard of it); augmentation and drop-path
+        # draws also depend on the rank, else all GPUs would draw the same masks and ops for their
+        # i-th images (rank 0 draws exactly what a single process draws).
+        epoch_seed = opts.seed * 100003 + epoch
+        torch.manual_seed(epoch_seed + rank * 1_000_003)
+        g = torch.Generator().manual_seed(epoch_seed)
         order = torch.randperm(len(train_ds), generator=g).tolist()
-        loader = torch.utils.data.DataLoader(train_ds, sampler=shard(order, world, rank), generator=g, **loader_kw)
+        loader_g = g if rank == 0 else torch.Generator().manual_seed(epoch_seed + rank * 1_000_003)  # worker seeds
+        loader = torch.utils.data.DataLoader(train_ds, sampler=shard(order, world, rank), generator=loader_g, **loader_kw)
         optimizer.zero_grad(set_to_none=True)
         running, seen, t_epoch = 0.0, 0, time.time()
         for b, (x, y) in enumerate(loader):
@@ -391,10 +422,14 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
                 report(step=step, total=total_steps, epoch=epoch + 1, loss=running / max(1, seen),
                        lr=scheduler.get_last_lr()[0])
         epoch_time = time.time() - t_epoch
+        if world > 1:  # the epoch's loss over all ranks' images, not rank 0's share only
+            totals = torch.tensor([running, float(seen)], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            running, seen = totals[0].item(), int(totals[1].item())
         probs, targets = _predict(model, val_loader, device, precision)
         probs, targets = _gather(probs, world), _gather(targets, world)
         metrics = evaluate(probs, targets, categories) if len(probs) else {"macro_f1": 0.0, "map": 0.0, "threshold": 0.5}
-        metrics.update(epoch=epoch + 1, train_loss=running / max(1, seen), images_per_s=seen * world / max(epoch_time, 1e-9))
+        metrics.update(epoch=epoch + 1, train_loss=running / max(1, seen), images_per_s=seen / max(epoch_time, 1e-9))
         history.append(metrics)
         improved = metrics["macro_f1"] > best_f1
         if improved:
@@ -426,6 +461,8 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
 
     if world > 1:
         torch.distributed.barrier()
+        if own_group:  # NCCL wants its communicators torn down before exit
+            torch.distributed.destroy_process_group()
     if not is_main_process():
         return out
     # the final folder holds the best epoch's weights, with thresholds calibrated on them
