@@ -43,13 +43,6 @@ CREATE INDEX IF NOT EXISTS postings_tag ON postings(tag_id);
 """
 
 
-
-# Index builds write thousands of vectors at once: chromadb's defaults (add to the HNSW graph every
-# 100 vectors, persist every 1,000) made storing the slow part of a GPU build. Larger batches: 565 ->
-# 812 tags/s for 1024-d vectors on 2 cores, recall@1 unchanged (docs/benchmarks.md, search). Applies
-# to collections created from now on; queries also scan the not-yet-indexed buffer, so nothing is lost.
-CHROMA_COLLECTION = {"hnsw:space": "cosine", "hnsw:batch_size": 5000, "hnsw:sync_threshold": 20000}
-
 def index_dir(db_path, embedder: str | None = None) -> Path:
     from tagloom.search.embedders import slug_for
     from tagloom.tags.db import default_path
@@ -98,7 +91,7 @@ def chroma_collection(folder: Path, name: str, create: bool = True):
     try:
         if create:
             # embedding_function=None: we always pass vectors, and chromadb must never fetch a model.
-            return client.get_or_create_collection(name, embedding_function=None, metadata=CHROMA_COLLECTION)
+            return client.get_or_create_collection(name, embedding_function=None, metadata={"hnsw:space": "cosine"})
         return client.get_collection(name, embedding_function=None)
     except Exception as e:
         raise TagLoomError(f"chromadb collection {name!r} at {key}: {e}") from e
