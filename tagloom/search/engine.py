@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tagloom.search import settings as search_settings
 from tagloom.search.classic import ALIAS, KIND_REASON, NAME, TRANSLATION, ClassicIndex
 from tagloom.tags.db import DANBOORU_CATEGORIES, TagDB, default_path
 
@@ -88,7 +89,8 @@ class Engine:
         TagDB(self.db_path).close()  # creates the file and schema when new
         self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, timeout=30)
         self._version = None
-        self._semantic: dict[str | None, tuple] = {}  # embedder spec -> (stamp, SemanticIndex | None)
+        # embedder spec -> (stamp, Event set once loaded, SemanticIndex | load error | None)
+        self._semantic: dict[str | None, tuple] = {}
         self.state: _Tags
         self._load()
 
@@ -118,17 +120,48 @@ class Engine:
             if self._data_version() != self._version:
                 self._load()
 
-    def semantic_index(self, embedder: str | None = None):
-        """The built semantic index for an embedder (default: the setting), or None when none is built."""
+    def semantic_index(self, embedder: str | None = None, wait: float | None = None):
+        """The built semantic index for an embedder (default: the setting), or None when none is built.
+
+        Opening one loads its embedding model (BGE-M3: 2.3 GB, seconds). That happens on a thread of
+        its own, outside the engine's lock, so classic completions never queue behind it and
+        concurrent queries share one load. ``wait``: seconds to wait for it (None: until loaded);
+        None is returned when it is not ready by then, and the load goes on. A failed load raises
+        (for a waiting caller) and is not retried until the index changes (`tagloom index build`)."""
         from tagloom.search import semantic
 
+        stamp = semantic.index_stamp(self.db_path, embedder)
         with self._lock:
-            stamp = semantic.index_stamp(self.db_path, embedder)
             cached = self._semantic.get(embedder)
             if cached is None or cached[0] != stamp:
-                cached = (stamp, semantic.SemanticIndex.open(self.db_path, embedder) if stamp is not None else None)
-                self._semantic[embedder] = cached
-            return cached[1]
+                if stamp is None:
+                    cached = self._semantic[embedder] = (None, None, None)
+                else:
+                    done = threading.Event()
+                    cached = self._semantic[embedder] = (stamp, done, None)
+                    threading.Thread(target=self._open_semantic, args=(embedder, stamp, done), daemon=True,
+                                     name="tagloom-semantic-load").start()
+        done = cached[1]
+        if done is not None and not done.wait(wait):
+            return None
+        with self._lock:
+            entry = self._semantic.get(embedder)
+        index = entry[2] if entry is not None and entry[0] == stamp else None
+        if isinstance(index, BaseException):
+            raise index
+        return index
+
+    def _open_semantic(self, embedder, stamp, done: threading.Event) -> None:
+        from tagloom.search import semantic
+
+        try:
+            index = semantic.SemanticIndex.open(self.db_path, embedder)
+        except Exception as e:  # noqa: BLE001 - kept (and raised to waiters), not reloaded per keystroke
+            index = e
+        with self._lock:
+            if self._semantic.get(embedder, (None,))[0] == stamp:
+                self._semantic[embedder] = (stamp, done, index)
+        done.set()
 
     def suggest(self, query: str, limit: int = 10, semantic: bool | None = None, embedder: str | None = None) -> list[dict]:
         limit = max(1, min(int(limit), 200))
@@ -149,7 +182,10 @@ class Engine:
         # One CJK character is already a word (猫); one Latin letter is not worth an embedding.
         if semantic is not False and (len(q) >= 2 or any(ord(c) >= 0x2E80 for c in q)):
             try:
-                sem = self.semantic_index(embedder)
+                # Asked for explicitly: wait for the model. Automatic: wait a little (the first
+                # queries after a start), then answer with classic completions while it loads.
+                wait = None if semantic else float(search_settings.get("search_model_wait"))
+                sem = self.semantic_index(embedder, wait=wait)
             except Exception:  # a broken index must never break typing: classic results still come
                 if semantic:
                     raise
