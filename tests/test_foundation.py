@@ -56,3 +56,18 @@ def test_cli_comfyui_option_points_at_comfyui_folders(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tagloom", "--comfyui", str(tmp_path / "nope"), "tags", "stats"],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "not a ComfyUI folder" in bad.stderr
+
+
+def test_the_tests_run_in_a_checkout_named_like_the_pack(tmp_path):
+    """`git clone .../ComfyUI-TagLoom` then `make test` (the README's path): the folder name is not a
+    valid module name, and pytest imports the pack's root __init__.py on its own there. It must not
+    fail (it once did: 'attempted relative import with no known parent package')."""
+    import shutil
+
+    copy = tmp_path / "ComfyUI-TagLoom"
+    skip = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "node_modules")
+    shutil.copytree(REPO, copy, ignore=skip, symlinks=True)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_config.py"],
+                         cwd=copy, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "passed" in out.stdout
