@@ -28,13 +28,20 @@ from tagloom.caption.decode import Decoded, decode_file, default_workers
 
 def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
     """(width, height, components, EXIF orientation) from a JPEG's headers, or None when it is not a
-    JPEG we trust the GPU with (not a JPEG, lossless/arithmetic-coded, or headers we cannot read).
-    Orientation is 1 when the file has none."""
+    JPEG we trust the GPU with (not a JPEG, lossless/arithmetic-coded, colour stored as RGB rather
+    than YCbCr, cut short, or headers we cannot read). Orientation is 1 when the file has none."""
     if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    # A truncated JPEG must be reported, not captioned: libjpeg (the CPU path) refuses it, while
+    # nvjpeg may hand back a half-grey picture without an error. No end-of-image marker at the end
+    # (padding zeros allowed) -> the CPU path, which names the file. Files with other trailing data
+    # after the marker also go there: correct, just not accelerated.
+    if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None
     i = 2
     n = len(data)
     orientation = 1
+    adobe_transform = None
     while i + 4 <= n:
         if data[i] != 0xFF:
             return None
@@ -48,12 +55,21 @@ def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
         length = (data[i + 2] << 8) | data[i + 3]
         if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
             orientation = _exif_orientation(data[i + 10 : i + 2 + length])
+        if marker == 0xEE and data[i + 4 : i + 9] == b"Adobe" and i + 15 < n:
+            adobe_transform = data[i + 15]  # 0: no colour transform (RGB or CMYK), 1: YCbCr, 2: YCCK
         if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
             if i + 9 >= n:
                 return None
             h = (data[i + 5] << 8) | data[i + 6]
             w = (data[i + 7] << 8) | data[i + 8]
-            return w, h, data[i + 9], orientation
+            components = data[i + 9]
+            ids = bytes(data[i + 10 + 3 * k] for k in range(components) if i + 10 + 3 * k < n)
+            if components == 3 and (adobe_transform == 0 or (adobe_transform is None and ids == b"RGB")):
+                # Three channels stored as RGB (libjpeg's rules: Adobe transform 0, or component
+                # ids 'R','G','B' without an Adobe marker). libjpeg outputs them as they are; nvjpeg
+                # is not known to honour this and would convert them as YCbCr (wrong colours).
+                return None
+            return w, h, components, orientation
         if 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return None  # lossless / arithmetic coding: leave it to libjpeg on the CPU
         if marker == 0xDA:  # start of scan before any frame header
