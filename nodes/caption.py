@@ -91,12 +91,16 @@ class TagLoomCaptionFolder:
         from tagloom.caption.folders import resolve_allowed_folder
 
         path = resolve_allowed_folder(folder)
-        if device == "auto":  # follow ComfyUI's own device choice (--cpu must be respected)
-            try:
-                device = "cuda" if mm.get_torch_device().type == "cuda" else "cpu"
-            except Exception:
-                device = "auto"
-        if device.startswith("cuda"):
+        try:
+            comfy_cuda = mm.get_torch_device().type == "cuda"
+        except Exception:
+            comfy_cuda = None
+        if device == "auto" and comfy_cuda is False:
+            device = "cpu"  # follow ComfyUI's own device choice (--cpu must be respected)
+        # On a ComfyUI GPU 'auto' stays 'auto', not 'cuda': the job then still runs an ONNX-only
+        # model (JoyTag, or no torch weights) on the CPU when onnxruntime has no working CUDA,
+        # where an explicit 'cuda' is (rightly) an error.
+        if device.startswith("cuda") or (device == "auto" and comfy_cuda):
             try:  # make room on the GPU for the tagger and a batch (EVA-02 Large bf16 ~1 GB + activations)
                 mm.free_memory(4 * 1024**3, mm.get_torch_device())
             except Exception:

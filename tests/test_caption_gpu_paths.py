@@ -67,3 +67,40 @@ def test_gpu_decoder_never_gets_truncated_or_rgb_coded_jpegs(tmp_path):
     assert [(Path(p).name, "truncated" in r) for p, r in failed] == [("truncated.jpg", True)]
     for k in (1, 3):  # rgb_coded, trailer: the single-image path exactly
         assert np.array_equal(batch[k].permute(1, 2, 0).numpy(), decode_file(ok[k], 56).pixels)
+
+
+def test_node_auto_on_a_comfyui_gpu_runs_an_onnx_only_model(comfy, comfy_pack, monkeypatch):
+    """In ComfyUI on a GPU (stub: model_management says cuda), device 'auto' must stay 'auto': an
+    explicit 'cuda' made an ONNX model (JoyTag, a folder without torch weights) fail with "device
+    'cuda' was asked for" whenever onnxruntime has no working CUDA (the plain onnxruntime wheel)."""
+    import torch
+
+    mm = comfy["comfy.model_management"]
+    freed = []
+    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cuda", 0))
+    monkeypatch.setattr(mm, "free_memory", lambda *a, **k: freed.append(a))
+    input_dir = Path(comfy["folder_paths"].get_input_directory())
+    imgs = make_good_images(input_dir / "gpu_host", 3)
+    out = comfy_pack.NODE_CLASS_MAPPINGS["TagLoomCaptionFolder"]().caption(
+        "gpu_host", str(tiny_model()), "txt", batch_size=2, backend="onnx")
+    assert out["result"][1:] == (3, 0, 0), out["result"][0]
+    assert all(i.with_suffix(".txt").is_file() for i in imgs)
+    assert freed  # room is still made on ComfyUI's GPU before loading
+
+
+def test_auto_job_falls_back_to_the_cpu_when_onnxruntime_cannot_start_cuda(tmp_path, monkeypatch):
+    """A GPU, an ONNX model, and an onnxruntime-gpu that lists CUDA but cannot start it (CUDA/cuDNN
+    libraries missing or of another version: common beside a newer torch). 'auto' must caption on
+    the CPU (decoding there too) and say so, not stop with an error. Simulated here: resolve_device
+    reports a GPU and _ort_has_cuda says the provider is listed; the CPU onnxruntime then plays the
+    session that fell back."""
+    from tagloom.caption import CaptionJob, ModelChoice, run_caption
+    from tagloom.caption import job as job_module
+
+    monkeypatch.setattr(job_module, "resolve_device", lambda d: "cuda" if d == "auto" else d)
+    monkeypatch.setattr(job_module, "_ort_has_cuda", lambda: True)
+    root = tmp_path / "ds"
+    make_good_images(root, 3)
+    summary = run_caption(CaptionJob(root, ModelChoice(model=str(tiny_model()), backend="onnx"), batch_size=2))
+    assert summary.done == 3 and not summary.failed, summary.text()
+    assert summary.device == "cpu" and summary.provider == "CPUExecutionProvider"

@@ -275,10 +275,17 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
     root = Path(job.folder)
     device = resolve_device(job.device)
     model = plan_model(job, device)
-    if job.device == "auto" and device.startswith("cuda") and model.backend == "onnx" and not _ort_has_cuda():
-        device = "cpu"  # a GPU, but only the CPU onnxruntime and no torch weights: run where we can
+    engine_device = device
+    if job.device == "auto" and device.startswith("cuda") and model.backend == "onnx":
+        # A GPU, but no torch weights: ONNX Runtime on CUDA where it can start it, else the CPU.
+        # "auto" lets onnx_session fall back (onnxruntime-gpu lists CUDA even when its CUDA/cuDNN
+        # libraries are missing or the wrong version); the engine reports where it really runs.
+        engine_device = "auto" if _ort_has_cuda() else "cpu"
     batch_size = job.batch_size or (64 if device.startswith("cuda") else 16)
-    engine = make_engine(model, device, job.precision, job.compile, job.threads, batch_size)
+    engine = make_engine(model, engine_device, job.precision, job.compile, job.threads, batch_size)
+    if engine.device == "cpu" and device != "cpu":
+        device = "cpu"  # decode on the CPU too, use the CPU batch size, and say so in the summary
+        batch_size = job.batch_size or 16
     summary.device, summary.provider = device, engine.provider
     summary.load_seconds = time.perf_counter() - started
     try:
