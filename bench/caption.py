@@ -118,7 +118,9 @@ FAST = {
 
 def run_fast(model: Path, folder: Path, n: int, config: str, backend: str, batch_size: int) -> tuple[float, str]:
     """A whole `tagloom caption` job (txt, overwrite). images/s once the model is loaded (the job's
-    summary excludes load time; on CUDA a first job on one batch warms up and compiles)."""
+    summary excludes load time, which includes torch.compile: TorchEngine compiles while loading).
+    On CUDA a first job on one batch warms up the CUDA context, cuDNN and inductor's on-disk caches,
+    so the timed job's load is short; its images/s never includes compiling either way."""
     from tagloom.caption import CaptionJob, ModelChoice, run_caption
 
     opts = dict(FAST[config])

@@ -104,3 +104,39 @@ def test_auto_job_falls_back_to_the_cpu_when_onnxruntime_cannot_start_cuda(tmp_p
     summary = run_caption(CaptionJob(root, ModelChoice(model=str(tiny_model()), backend="onnx"), batch_size=2))
     assert summary.done == 3 and not summary.failed, summary.text()
     assert summary.device == "cpu" and summary.provider == "CPUExecutionProvider"
+
+
+def test_compiled_engine_compiles_once_at_load_for_every_batch_kind(monkeypatch, tmp_path):
+    """torch.compile(dynamic=False) guards on shape and strides. The engine pads short batches to
+    one shape; every batch must also reach the model in one memory layout (a numpy batch arrives
+    as a permuted NHWC view, a padded or GPU-decoded one as plain NCHW: on the CPU these compiled
+    twice), and the compile must happen while the model loads, so a job's images/s (and
+    bench/caption.py's compile row) does not include it. torch.compile is given a counting
+    backend that runs the traced graph eagerly: real Dynamo tracing and guards, no inductor build."""
+    import torch
+
+    from tagloom.caption.engines import TorchEngine
+
+    real_compile = torch.compile
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() == 4])
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counting, dynamic=kw.get("dynamic")))
+    torch._dynamo.reset()
+    pixels = np.stack([decode_file(p, 56).pixels for p in make_good_images(tmp_path, 5)])
+    engine = TorchEngine(tiny_model(), "cpu", precision="bf16", compile=True, batch_size=4)
+    assert len(graphs) == 1 and graphs[0][0] == (4, 3, 56, 56)  # compiled at load, on the padded shape
+    eager = TorchEngine(tiny_model(), "cpu", precision="bf16")
+    ref = eager.predict(pixels)
+    full = engine.predict(pixels[:4])  # numpy NHWC (CPU decoders)
+    short = engine.predict(pixels[4:])  # short last batch, padded
+    tensor = engine.predict(torch.from_numpy(pixels[:4]).permute(0, 3, 1, 2).contiguous())  # GPU decoder's layout
+    one = engine.predict(pixels[1:2])  # the one-by-one fallback after a failed batch
+    assert len(graphs) == 1, graphs
+    assert short.shape == (1, ref.shape[1]) and one.shape == (1, ref.shape[1])
+    for got, want in ((full, ref[:4]), (short, ref[4:]), (tensor, ref[:4]), (one, ref[1:2])):
+        assert np.abs(got - want).max() < 0.02
+    torch._dynamo.reset()

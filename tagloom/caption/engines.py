@@ -132,6 +132,13 @@ class TorchEngine:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.torch_device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.torch_device).view(1, 3, 1, 1)
         self._torch = torch
+        if compile and batch_size and self.input_size:
+            # Compile now, on the one padded shape every batch will have: otherwise the first batch
+            # compiles (minutes with max-autotune), which the job would count as captioning time
+            # ("model load 3 s, then N images/s") and bench/caption.py's warm-up job could not
+            # absorb (each job builds a new engine, so it compiles again).
+            s = self.input_size
+            self.predict(torch.zeros((batch_size, 3, s, s), dtype=torch.uint8, device=self.torch_device))
 
     def predict(self, pixels) -> np.ndarray:
         torch = self._torch
@@ -151,8 +158,10 @@ class TorchEngine:
             # Same arithmetic as the wd wrapper (tagloom.tagger.export): BGR, /255, (x-mean)/std.
             x = x.flip(1).to(torch.float32) / 255.0
             x = ((x - self.mean) / self.std).to(self.dtype)
-            if self.device == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            # One memory layout whatever the source (a numpy NHWC batch arrives as a permuted view,
+            # a padded or GPU-decoded batch as plain NCHW): torch.compile(dynamic=False) guards on
+            # strides, and a second layout would compile the model a second time.
+            x = x.contiguous(memory_format=torch.channels_last if self.device == "cuda" else torch.contiguous_format)
             probs = torch.sigmoid(self.net(x).float())
         return probs[:n].cpu().numpy()
 
