@@ -140,3 +140,33 @@ def test_compiled_engine_compiles_once_at_load_for_every_batch_kind(monkeypatch,
     for got, want in ((full, ref[:4]), (short, ref[4:]), (tensor, ref[:4]), (one, ref[1:2])):
         assert np.abs(got - want).max() < 0.02
     torch._dynamo.reset()
+
+
+def test_gpu_decoder_bounds_frames_per_call_and_never_loses_an_image(tmp_path):
+    """nvjpeg allocates all frames of one call together (64 photos of 24 MP: 4.6 GB beside the
+    model), so a batch is decoded in calls of bounded frame bytes; and when squaring one frame fails
+    on the GPU (out of memory on a huge photo), that image takes the CPU path instead of the error
+    ending the reader thread and with it the whole job."""
+    pytest.importorskip("torchvision")
+    from tagloom.caption.gpu import TorchDecoder
+
+    paths = make_good_images(tmp_path, 5, sizes=((96, 64), (64, 120), (200, 150), (56, 56)))
+    frame_bytes = [3 * w * h for w, h in ((96, 64), (64, 120), (200, 150), (56, 56), (96, 64))]
+    calls = []
+    with TorchDecoder(56, "cpu", workers=1, decode_bytes_limit=frame_bytes[0] + frame_bytes[1]) as dec:
+        real_decode, real_square = dec._decode_jpegs, dec._square
+
+        def decode(datas):
+            calls.append(len(datas))
+            return real_decode(datas)
+
+        def square(frame):
+            if tuple(frame.shape[1:]) == (150, 200):
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real_square(frame)
+
+        dec._decode_jpegs, dec._square = decode, square
+        batch, ok, failed = dec.decode_batch(paths)
+    assert calls == [2, 1, 2]  # parts of at most the byte limit; one frame alone may exceed it
+    assert ok == paths and not failed
+    assert np.array_equal(batch[2].permute(1, 2, 0).numpy(), decode_file(paths[2], 56).pixels)

@@ -26,6 +26,10 @@ import numpy as np
 from tagloom.caption.decode import Decoded, decode_file, default_workers
 
 
+# Decoded frame bytes one nvjpeg call may hold on the GPU (a batch is decoded in such parts).
+GPU_DECODE_BYTES = 1 << 30
+
+
 def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
     """(width, height, components, EXIF orientation) from a JPEG's headers, or None when it is not a
     JPEG we trust the GPU with (not a JPEG, lossless/arithmetic-coded, colour stored as RGB rather
@@ -96,10 +100,12 @@ def _exif_orientation(tiff: bytes) -> int:
 class TorchDecoder:
     """Batches of paths -> (uint8 tensor (B, 3, S, S) RGB on `device`, decoded paths, failures)."""
 
-    def __init__(self, size: int, device: str = "cuda", workers: int | None = None):
+    def __init__(self, size: int, device: str = "cuda", workers: int | None = None,
+                 decode_bytes_limit: int = GPU_DECODE_BYTES):
         import torch
 
         self.size = size
+        self.decode_bytes_limit = decode_bytes_limit
         self.device = torch.device(device)
         self.workers = workers or default_workers()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tagloom-read")
@@ -149,22 +155,40 @@ class TorchDecoder:
 
         torch = self._torch
         gpu_idx, cpu_idx = [], []
+        limit = max_pixels()
+        chunks: list[list[int]] = [[]]
+        chunk_bytes = 0
         for i, data in enumerate(datas):
             info = jpeg_info(data) if isinstance(data, bytes) else None
             # nvjpeg ignores EXIF orientation (torchvision applies it on the CPU only), so rotated
             # photos take the CPU path, which turns them upright like the single-image path.
-            if info is not None and info[2] == 3 and info[3] == 1 and info[0] * info[1] <= max_pixels():
+            if info is not None and info[2] == 3 and info[3] == 1 and info[0] * info[1] <= limit:
                 gpu_idx.append(i)
+                # nvjpeg allocates every frame of a call at once: 64 photos of 24 MP are 4.6 GB of
+                # frames beside the model. Calls of at most GPU_DECODE_BYTES of frames, each squared
+                # and released before the next, bound that whatever the photos' size.
+                frame_bytes = 3 * info[0] * info[1]
+                if chunks[-1] and chunk_bytes + frame_bytes > self.decode_bytes_limit:
+                    chunks.append([])
+                    chunk_bytes = 0
+                chunks[-1].append(i)
+                chunk_bytes += frame_bytes
             else:
                 cpu_idx.append(i)
         out: dict[int, object] = {}
-        if gpu_idx:
-            frames = self._decode_jpegs([datas[i] for i in gpu_idx])
-            for i, frame in zip(gpu_idx, frames):
+        for chunk in chunks if gpu_idx else []:
+            frames = self._decode_jpegs([datas[i] for i in chunk])
+            for k, i in enumerate(chunk):
+                frame, frames[k] = frames[k], None
                 if frame is None:
                     cpu_idx.append(i)
-                else:
+                    continue
+                try:
                     out[i] = self._square(frame)
+                except Exception:  # noqa: BLE001 - e.g. out of GPU memory for one huge photo
+                    cpu_idx.append(i)  # the exact CPU path still captions it
+                del frame
+            del frames
         # CPU fallback: the exact single-image path, in the read threads (PIL releases the GIL).
         for i, dec in zip(cpu_idx, self._pool.map(lambda p: decode_file(p, self.size), [paths[i] for i in cpu_idx])):
             out[i] = dec
