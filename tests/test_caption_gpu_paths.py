@@ -170,3 +170,34 @@ def test_gpu_decoder_bounds_frames_per_call_and_never_loses_an_image(tmp_path):
     assert calls == [2, 1, 2]  # parts of at most the byte limit; one frame alone may exceed it
     assert ok == paths and not failed
     assert np.array_equal(batch[2].permute(1, 2, 0).numpy(), decode_file(paths[2], 56).pixels)
+
+
+def test_fixed_batch_onnx_exports_run_any_number_of_images(tmp_path):
+    """An export with its batch size baked in (here 3) must take 4 images: the last part is padded
+    and its padding dropped. Before, the tagger's OnnxBackend recursed forever and the caption
+    engines (numpy and IO-binding paths) sent a short part that ONNX Runtime refuses."""
+    onnx = pytest.importorskip("onnx")
+    torch = pytest.importorskip("torch")
+    from tagloom.caption.engines import OnnxEngine
+    from tagloom.tagger.backends import OnnxBackend
+
+    folder = tmp_path / "fixed"
+    shutil.copytree(tiny_model(), folder)
+    graph = onnx.load(str(folder / "model.onnx"))
+    for value in (graph.graph.input[0], graph.graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = 3
+    onnx.save(graph, str(folder / "model.onnx"))
+    pixels = np.stack([decode_file(p, 56).pixels for p in make_good_images(tmp_path / "img", 4)])
+    want = OnnxEngine(tiny_model(), "wd", "cpu", threads=1).predict(pixels)
+
+    backend = OnnxBackend(folder / "model.onnx", "cpu")
+    assert backend.fixed_batch == 3
+    x = np.ascontiguousarray(pixels[..., ::-1], dtype=np.float32)
+    assert np.abs(backend.run(x) - want).max() < 1e-5
+    engine = OnnxEngine(folder, "wd", "cpu", threads=1)
+    assert np.abs(engine.predict(pixels) - want).max() < 1e-5
+    tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # the GPU decoder's layout: IO binding
+    assert np.abs(engine.predict(tensor) - want).max() < 1e-5
+    assert engine.predict(pixels[:1]).shape == (1, want.shape[1])

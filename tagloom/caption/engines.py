@@ -63,8 +63,13 @@ class OnnxEngine:
                 return self._predict_tensor(pixels)
             pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
         x = to_model_input(pixels, self.family)
-        step = self.fixed_batch or len(x)
-        outs = [self.session.run([self.output_name], {self.input_name: x[i : i + step]})[0] for i in range(0, len(x), step)]
+        step = self.fixed_batch or max(len(x), 1)
+        outs = []
+        for i in range(0, len(x), step):
+            part = x[i : i + step]
+            if len(part) < step:  # a fixed-batch export refuses a short part: pad, drop the padding's rows
+                part = np.concatenate([part, np.zeros((step - len(part), *part.shape[1:]), part.dtype)])
+            outs.append(self.session.run([self.output_name], {self.input_name: part})[0][: len(x) - i])
         out = np.concatenate(outs, axis=0).astype(np.float32).reshape(len(x), -1)
         return sigmoid(out) if self.logits else out
 
@@ -74,12 +79,15 @@ class OnnxEngine:
         import torch
 
         x = pixels.flip(1).permute(0, 2, 3, 1).float().contiguous()  # RGB NCHW -> BGR NHWC float
+        n = len(x)
+        step = self.fixed_batch or max(n, 1)
+        if n % step:  # a fixed-batch export refuses a short part: pad, drop the padding's rows
+            x = torch.cat([x, x.new_zeros((step - n % step, *x.shape[1:]))])
         kind, index = x.device.type, x.device.index or 0
         if kind == "cuda":
             # ONNX Runtime reads the buffer on its own CUDA stream: the kernels torch queued to
             # fill it must have finished first, or the model would read half-written pixels.
             torch.cuda.current_stream(x.device).synchronize()
-        step = self.fixed_batch or len(x)
         outs = []
         for i in range(0, len(x), step):
             part = x[i : i + step]
@@ -88,7 +96,7 @@ class OnnxEngine:
             binding.bind_output(self.output_name, kind, index)
             self.session.run_with_iobinding(binding)
             outs.append(np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32).reshape(len(part), -1))
-        return np.concatenate(outs, axis=0)
+        return np.concatenate(outs, axis=0)[:n]
 
     def close(self):
         self.session = None

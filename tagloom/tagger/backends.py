@@ -109,8 +109,15 @@ class OnnxBackend:
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self.fixed_batch and batch.shape[0] != self.fixed_batch:
-            # Some exported taggers have batch size 1 baked in: run them image by image.
-            parts = [self.run(batch[i : i + self.fixed_batch]) for i in range(0, batch.shape[0], self.fixed_batch)]
+            # Some exported taggers have their batch size baked in (usually 1): run them in parts of
+            # that size, the last one padded with blank images whose rows are dropped (a short part
+            # would be refused by ONNX Runtime, and recursed on forever here).
+            step, n, parts = self.fixed_batch, batch.shape[0], []
+            for i in range(0, n, step):
+                part = batch[i : i + step]
+                if len(part) < step:
+                    part = np.concatenate([part, np.zeros((step - len(part), *part.shape[1:]), part.dtype)])
+                parts.append(self.run(part)[: min(step, n - i)])
             return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
         out = self.session.run([self.output_name], {self.input_name: batch})[0]
         out = np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
