@@ -201,3 +201,31 @@ def test_fixed_batch_onnx_exports_run_any_number_of_images(tmp_path):
     tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # the GPU decoder's layout: IO binding
     assert np.abs(engine.predict(tensor) - want).max() < 1e-5
     assert engine.predict(pixels[:1]).shape == (1, want.shape[1])
+
+
+def test_batch_failure_releases_the_failed_call_before_retrying_image_by_image():
+    """After a CUDA out-of-memory error on a batch, the job retries image by image. The retries
+    must not run while the exception's traceback still holds the failed call's frames (on a GPU:
+    the batch's activations), or each retry would run out of memory too. No GPU here: a stand-in
+    engine (said plainly: a fake) keeps a large object in its frame and fails on batches > 1."""
+    import weakref
+
+    from tagloom.caption.job import _predict
+
+    class Activations:
+        pass
+
+    held = []
+
+    class Engine:
+        def predict(self, pixels):
+            acts = Activations()  # noqa: F841 - lives in this frame, as a forward pass's tensors do
+            if len(pixels) > 1:
+                held.append(weakref.ref(acts))
+                raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            assert all(ref() is None for ref in held), "the failed batch's frame is still alive"
+            return np.ones((1, 2), np.float32)
+
+    failed = []
+    out = _predict(Engine(), np.zeros((3, 4, 4, 3), np.uint8), ["a", "b", "c"], failed)
+    assert len(out) == 3 and not failed

@@ -432,14 +432,18 @@ def _predict(engine, pixels, paths, failed):
     problem image (or an out-of-memory batch) costs only its own caption."""
     try:
         return engine.predict(pixels)
-    except Exception as batch_error:  # noqa: BLE001
-        out = []
-        for i, path in enumerate(paths):
-            try:
-                out.append(engine.predict(pixels[i : i + 1])[0])
-            except Exception as e:  # noqa: BLE001
-                failed.append((path, f"the model failed on it: {e}"))
-                out.append(None)
-        if all(p is None for p in out) and len(paths) > 1:
-            raise TagLoomError(f"the model fails on every image of a batch: {batch_error}") from batch_error
-        return out
+    except Exception as e:  # noqa: BLE001
+        # Retry outside the except block and without the traceback: its frames hold the failed
+        # call's tensors (on CUDA the whole batch's activations after an out-of-memory error), so
+        # retrying inside would keep that memory taken and run out again on every single image.
+        batch_error = e.with_traceback(None)
+    out = []
+    for i, path in enumerate(paths):
+        try:
+            out.append(engine.predict(pixels[i : i + 1])[0])
+        except Exception as e:  # noqa: BLE001
+            failed.append((path, f"the model failed on it: {e}"))
+            out.append(None)
+    if all(p is None for p in out) and len(paths) > 1:
+        raise TagLoomError(f"the model fails on every image of a batch: {batch_error}") from batch_error
+    return out
