@@ -52,6 +52,33 @@ def _hook_comfy_unload() -> None:
     _hooked = True
 
 
+# What a tagger takes on the GPU: EVA-02 Large weights (1.2 GB in float32) plus a batch of 8.
+_GPU_ROOM = 3 * 1024**3
+
+
+def _make_room_on_gpu(handle) -> None:
+    """Before a tagger is loaded onto ComfyUI's GPU, ask ComfyUI to unload what it must to make
+    room (as the caption node does): ComfyUI only accounts for its own models, so loading ours into
+    a full GPU fails, or leaves the next sampler short. Only when the tagger will run on CUDA:
+    never for the CPU, nor for an ONNX model when onnxruntime has no CUDA provider."""
+    if handle.device == "cpu" or handle.is_loaded():
+        return
+    try:
+        import comfy.model_management as mm
+
+        gpu = mm.get_torch_device()
+        if gpu.type != "cuda":
+            return
+        if handle.backend != "torch":
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                return
+        mm.free_memory(_GPU_ROOM, gpu)
+    except Exception:  # making room is a courtesy; loading reports real problems
+        pass
+
+
 def _model_choices() -> list[str]:
     from tagloom.tagger.registry import model_choices
 
@@ -89,6 +116,7 @@ class TagLoomTaggerLoader:
             except Exception:
                 pass
         handle = TaggerHandle(model, backend, device)
+        _make_room_on_gpu(handle)
         handle.get()  # load now so a missing model fails this node, not the next one
         return (handle,)
 
@@ -142,6 +170,7 @@ class TagLoomInterrogate:
         from tagloom.tagger.thresholds import find_threshold_file
 
         _hook_comfy_unload()
+        _make_room_on_gpu(tagger)  # loaded again after ComfyUI unloaded models
         model = tagger.get()
         thresholds = Thresholds().with_overrides(
             general=general_threshold, character=character_threshold, artist=artist_threshold,

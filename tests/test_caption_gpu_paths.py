@@ -229,3 +229,30 @@ def test_batch_failure_releases_the_failed_call_before_retrying_image_by_image()
     failed = []
     out = _predict(Engine(), np.zeros((3, 4, 4, 3), np.uint8), ["a", "b", "c"], failed)
     assert len(out) == 3 and not failed
+
+
+def test_tagger_nodes_make_room_on_comfyui_gpu_only_when_the_tagger_goes_there(comfy, comfy_pack, monkeypatch):
+    """Like the caption node, the tagger loader asks ComfyUI to free GPU memory before loading onto
+    its GPU (stub: model_management says cuda); not for the CPU, not for an ONNX model without a CUDA
+    onnxruntime, not when the tagger is already loaded. The model itself loads on the CPU here."""
+    import torch
+
+    from tagloom import config
+    from tagloom.tagger import cache
+
+    mm = comfy["comfy.model_management"]
+    freed = []
+    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cuda", 0))
+    monkeypatch.setattr(mm, "free_memory", lambda *a, **k: freed.append(a))
+    shutil.copytree(tiny_model(), config.models_dir() / "tiny-gpu")
+    loader = comfy_pack.NODE_CLASS_MAPPINGS["TagLoomTaggerLoader"]()
+    try:
+        loader.load("tiny-gpu", "onnx", "auto")  # CPU onnxruntime here: the tagger stays off the GPU
+        loader.load("tiny-gpu", "torch", "cpu")
+        assert freed == []
+        (handle,) = loader.load("tiny-gpu", "torch", "auto")  # torch follows ComfyUI onto CUDA
+        assert len(freed) == 1 and freed[0][1].type == "cuda"
+        comfy_pack.NODE_CLASS_MAPPINGS["TagLoomInterrogate"]().interrogate(handle, torch.zeros((1, 32, 32, 3)))
+        assert len(freed) == 1  # already loaded: nothing more to free
+    finally:
+        cache.free_all()
