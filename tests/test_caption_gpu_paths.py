@@ -256,3 +256,25 @@ def test_tagger_nodes_make_room_on_comfyui_gpu_only_when_the_tagger_goes_there(c
         assert len(freed) == 1  # already loaded: nothing more to free
     finally:
         cache.free_all()
+
+
+def test_gpu_decoder_sends_xmp_rotated_jpegs_to_the_cpu_path(tmp_path):
+    """Pillow takes the orientation from XMP (tiff:Orientation) when EXIF has none, so the CPU path
+    turns such a photo upright; nvjpeg would not. Before, only EXIF was read and the GPU path gave
+    the sideways picture."""
+    pytest.importorskip("torchvision")
+    from PIL import Image
+
+    from tagloom.caption.gpu import TorchDecoder, jpeg_info
+
+    src = make_good_images(tmp_path, 1, sizes=((120, 60),))[0]
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    rotated = tmp_path / "xmp_rotated.jpg"
+    Image.open(src).save(rotated, quality=90, xmp=xmp)
+    assert jpeg_info(rotated.read_bytes())[3] == 6
+    with TorchDecoder(56, "cpu", workers=1) as dec:
+        sent = _spy_gpu_decoder(dec)
+        batch, ok, failed = dec.decode_batch([rotated])
+    assert sent == [] and ok == [rotated]
+    assert np.array_equal(batch[0].permute(1, 2, 0).numpy(), decode_file(rotated, 56).pixels)

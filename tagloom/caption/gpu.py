@@ -18,6 +18,7 @@ The same code runs with device='cpu' (torchvision's CPU decoder), which is how i
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
     i = 2
     n = len(data)
     orientation = 1
+    xmp_orientation = 1
     adobe_transform = None
     while i + 4 <= n:
         if data[i] != 0xFF:
@@ -59,6 +61,12 @@ def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
         length = (data[i + 2] << 8) | data[i + 3]
         if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
             orientation = _exif_orientation(data[i + 10 : i + 2 + length])
+        elif marker == 0xE1 and data[i + 4 : i + 4 + len(_XMP)] == _XMP:
+            # Pillow also reads the orientation from XMP when EXIF has none (Image.getexif), and
+            # the CPU path turns such photos upright: they must not reach nvjpeg either. (Any
+            # orientation other than 1 only sends a file to the CPU path, which is always exact.)
+            found = _XMP_ORIENTATION.search(data, i + 4, i + 2 + length)
+            xmp_orientation = int(found[2]) if found else 1
         if marker == 0xEE and data[i + 4 : i + 9] == b"Adobe" and i + 15 < n:
             adobe_transform = data[i + 15]  # 0: no colour transform (RGB or CMYK), 1: YCbCr, 2: YCCK
         if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
@@ -73,6 +81,8 @@ def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
                 # ids 'R','G','B' without an Adobe marker). libjpeg outputs them as they are; nvjpeg
                 # is not known to honour this and would convert them as YCbCr (wrong colours).
                 return None
+            if orientation == 1:
+                orientation = xmp_orientation
             return w, h, components, orientation
         if 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return None  # lossless / arithmetic coding: leave it to libjpeg on the CPU
@@ -80,6 +90,10 @@ def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
             return None
         i += 2 + length
     return None
+
+
+_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # the pattern Pillow's getexif uses
 
 
 def _exif_orientation(tiff: bytes) -> int:
