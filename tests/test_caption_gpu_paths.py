@@ -57,6 +57,10 @@ def test_gpu_decoder_never_gets_truncated_or_rgb_coded_jpegs(tmp_path):
     assert jpeg_info(trailer.read_bytes()) is None
     assert jpeg_info(padded.read_bytes())[:3] == (64, 80, 3)
     assert jpeg_info(good[0].read_bytes()) == (96, 64, 3, 1)
+    data = bytearray(good[0].read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 4] = 12  # a 12-bit frame header: never for nvjpeg
+    assert jpeg_info(bytes(data)) is None
 
     paths = [good[0], awkward["truncated"], rgb_coded, padded, trailer]
     with TorchDecoder(56, "cpu", workers=1) as dec:

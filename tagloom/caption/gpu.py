@@ -70,8 +70,8 @@ def jpeg_info(data: bytes) -> tuple[int, int, int, int] | None:
         if marker == 0xEE and data[i + 4 : i + 9] == b"Adobe" and i + 15 < n:
             adobe_transform = data[i + 15]  # 0: no colour transform (RGB or CMYK), 1: YCbCr, 2: YCCK
         if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
-            if i + 9 >= n:
-                return None
+            if i + 9 >= n or data[i + 4] != 8:
+                return None  # 12/16-bit samples: libjpeg's answer (an error naming the file) decides
             h = (data[i + 5] << 8) | data[i + 6]
             w = (data[i + 7] << 8) | data[i + 8]
             components = data[i + 9]
