@@ -175,6 +175,22 @@ def test_gpu_decoder_bounds_frames_per_call_and_never_loses_an_image(tmp_path):
     assert ok == paths and not failed
     assert np.array_equal(batch[2].permute(1, 2, 0).numpy(), decode_file(paths[2], 56).pixels)
 
+    # On CUDA nvjpeg writes a call's frames from its own stream without waiting for ours, so every
+    # part after the first must wait until our stream has finished with the previous part's frames.
+    # A stand-in stream (a fake: no CUDA here) records the waits between the decoder calls.
+    events = []
+
+    class Stream:
+        def synchronize(self):
+            events.append("sync")
+
+    with TorchDecoder(56, "cpu", workers=1, decode_bytes_limit=frame_bytes[0] + frame_bytes[1]) as dec:
+        real_decode = dec._decode_jpegs
+        dec._decode_jpegs = lambda datas: events.append(len(datas)) or real_decode(datas)
+        dec._stream = Stream()
+        dec._decode_bytes(paths, [p.read_bytes() for p in paths])
+    assert events == [2, "sync", 1, "sync", 2]
+
 
 def test_fixed_batch_onnx_exports_run_any_number_of_images(tmp_path):
     """An export with its batch size baked in (here 3) must take 4 images: the last part is padded

@@ -190,7 +190,14 @@ class TorchDecoder:
             else:
                 cpu_idx.append(i)
         out: dict[int, object] = {}
-        for chunk in chunks if gpu_idx else []:
+        for n_chunk, chunk in enumerate(chunks if gpu_idx else []):
+            if n_chunk and self._stream is not None:
+                # torchvision allocates a call's frames on our (current) stream but has nvjpeg
+                # write them from its own stream, without waiting for ours (pytorch/vision PR
+                # 9606). The previous part's frames were just freed while our resize kernels
+                # may still be reading them; the allocator would hand those blocks to this call
+                # and nvjpeg could overwrite pixels not yet resized. Wait for our stream first.
+                self._stream.synchronize()
             frames = self._decode_jpegs([datas[i] for i in chunk])
             for k, i in enumerate(chunk):
                 frame, frames[k] = frames[k], None
