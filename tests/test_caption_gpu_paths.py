@@ -298,3 +298,39 @@ def test_gpu_decoder_sends_xmp_rotated_jpegs_to_the_cpu_path(tmp_path):
         batch, ok, failed = dec.decode_batch([rotated])
     assert sent == [] and ok == [rotated]
     assert np.array_equal(batch[0].permute(1, 2, 0).numpy(), decode_file(rotated, 56).pixels)
+
+
+def test_onnx_session_never_moves_to_the_cpu_behind_our_back(monkeypatch):
+    """ONNX Runtime's session.run() answers an execution-provider failure (CUDA error, GPU out of
+    memory) by switching the session to the CPU for good and retrying, with only a print: the job
+    would go on on the CPU while its summary says CUDA. A session opened with the CUDA provider
+    must raise instead. No GPU here: the provider list is made to include CUDA (so the session is
+    opened as on a GPU host, ONNX Runtime then uses the CPU), and the native session is wrapped
+    (a fake) to fail once the way the CUDA provider does."""
+    import onnxruntime as ort
+    from onnxruntime.capi import _pybind_state as C
+
+    from tagloom.tagger.backends import onnx_session
+
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    session, provider, device = onnx_session(tiny_model() / "model.onnx", "auto")
+    assert device == "cpu"  # what it really uses is still reported
+
+    class FailingOnce:
+        def __init__(self, inner):
+            self.inner, self.failed = inner, False
+
+        def run(self, *args):
+            if not self.failed:
+                self.failed = True
+                raise C.EPFail("CUDA failure 2: out of memory")
+            return self.inner.run(*args)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    session._sess = FailingOnce(session._sess)
+    x = np.zeros((1, 56, 56, 3), np.float32)
+    with pytest.raises(C.EPFail):
+        session.run(None, {session.get_inputs()[0].name: x})

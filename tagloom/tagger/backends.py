@@ -74,6 +74,13 @@ def onnx_session(path, device: str = "auto", threads: int | None = None, spinnin
         session = ort.InferenceSession(str(path), so, providers=providers)
     except Exception as e:  # onnxruntime raises its own InvalidProtobuf/Fail/NoSuchFile types
         raise InputFileError(path, f"cannot be loaded by ONNX Runtime: {e}") from e
+    if len(providers) > 1:
+        # ONNX Runtime's session.run() catches an execution-provider failure (a CUDA/cuDNN error,
+        # out of GPU memory) by switching the whole session to the CPU for good and retrying,
+        # with only a print: every later batch would run on the CPU while provider/device (read
+        # once, below) still say CUDA. Fail instead; callers report it (the caption job retries
+        # image by image and names what failed).
+        session.disable_fallback()
     # onnxruntime-gpu lists CUDA even without a GPU and then falls back: read back what it uses.
     provider = session.get_providers()[0]
     used = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
