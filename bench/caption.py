@@ -91,8 +91,8 @@ def make_model(name: str, workdir: Path, backend: str) -> Path:
     return path
 
 
-def run_naive(model: Path, images: list[Path], backend: str, device: str) -> float:
-    """Per-image float32, as the single-image tagger nodes do today. Returns images/s."""
+def run_naive(model: Path, images: list[Path], backend: str, device: str) -> tuple[float, str]:
+    """Per-image float32, as the single-image tagger nodes do today. Returns (images/s, what ran)."""
     from tagloom.caption.files import atomic_write_text
     from tagloom.tagger import load_tagger
 
@@ -103,8 +103,9 @@ def run_naive(model: Path, images: list[Path], backend: str, device: str) -> flo
         res = tagger.interpret(tagger.predict(tagger.preprocess_file(path)[None])[0])
         atomic_write_text(path.with_suffix(".txt"), res.tags)
     elapsed = time.perf_counter() - t0
+    ran = f"{tagger.backend}: {tagger.provider}"  # e.g. onnx: CUDAExecutionProvider, torch: torch:cuda
     tagger.unload()
-    return len(images) / elapsed
+    return len(images) / elapsed, ran
 
 
 FAST = {
@@ -172,8 +173,8 @@ def main(argv=None) -> int:
               f"setup {time.perf_counter() - t0:.0f} s", flush=True)
         rows = []
         naive_n = min(len(images), args.naive_images) if args.naive_images > 0 else len(images)
-        naive = run_naive(model, images[:naive_n], backend, args.device)
-        rows.append((f"naive: per image, float32, batch 1 ({naive_n} images)", args.device, naive, 1.0))
+        naive, naive_engine = run_naive(model, images[:naive_n], backend, args.device)
+        rows.append((f"naive: per image, float32, batch 1 ({naive_n} images)", naive_engine, naive, 1.0))
         for config in fast:
             ips, provider = run_fast(model, work / "images", len(images), config.strip(), backend, batch_size)
             rows.append((f"fast: {config.strip()}, batch {batch_size}", provider, ips, ips / naive))
