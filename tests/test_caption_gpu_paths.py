@@ -143,6 +143,16 @@ def test_compiled_engine_compiles_once_at_load_for_every_batch_kind(monkeypatch,
     assert short.shape == (1, ref.shape[1]) and one.shape == (1, ref.shape[1])
     for got, want in ((full, ref[:4]), (short, ref[4:]), (tensor, ref[:4]), (one, ref[1:2])):
         assert np.abs(got - want).max() < 0.02
+
+    def broken(gm, example_inputs):  # as inductor without a compiler or Triton (Windows)
+        raise RuntimeError("Cannot find a working triton installation")
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=broken))
+    from tagloom.errors import TagLoomError
+
+    with pytest.raises(TagLoomError, match="torch.compile failed.*without --compile"):
+        TorchEngine(tiny_model(), "cpu", precision="bf16", compile=True, batch_size=4)
     torch._dynamo.reset()
 
 

@@ -146,7 +146,12 @@ class TorchEngine:
             # ("model load 3 s, then N images/s") and bench/caption.py's warm-up job could not
             # absorb (each job builds a new engine, so it compiles again).
             s = self.input_size
-            self.predict(torch.zeros((batch_size, 3, s, s), dtype=torch.uint8, device=self.torch_device))
+            try:
+                self.predict(torch.zeros((batch_size, 3, s, s), dtype=torch.uint8, device=self.torch_device))
+            except Exception as e:  # no C++ compiler / Triton (Windows), an unsupported op, ...
+                raise TagLoomError(f"torch.compile failed for {Path(model_dir).name} on {self.torch_device} "
+                                   f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                                   "run without --compile") from e
 
     def predict(self, pixels) -> np.ndarray:
         torch = self._torch
