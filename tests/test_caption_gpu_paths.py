@@ -369,3 +369,21 @@ def test_cuda_decoder_parts_and_streams_give_the_same_pixels(tmp_path):
     diff = np.abs(a.permute(0, 2, 3, 1).cpu().numpy().astype(int) - ref)
     print(f"nvjpeg + GPU resize vs PIL: max {diff.max()} levels, mean {diff.mean():.3f}")
     assert diff.mean() < 2.0
+
+
+def test_auto_precision_is_bf16_only_where_the_gpu_has_bf16(monkeypatch):
+    """bf16 by default only on compute capability 8.0+; a T4/RTX 20xx (7.5) or GTX 10xx (6.1)
+    only emulates it (slower than fp32), so it keeps the reference fp32. The capability query is
+    answered by a stand-in (no GPU here)."""
+    import torch
+
+    from tagloom.caption.engines import auto_precision
+
+    caps = {0: (7, 5), 1: (8, 0), 2: (9, 0), 3: (6, 1)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: caps[torch.device(d).index or 0])
+    assert auto_precision(torch.device("cpu")) == "fp32"
+    assert auto_precision(torch.device("cuda", 0)) == "fp32"
+    assert auto_precision(torch.device("cuda")) == "fp32"
+    assert auto_precision(torch.device("cuda", 1)) == "bf16"
+    assert auto_precision(torch.device("cuda", 2)) == "bf16"
+    assert auto_precision(torch.device("cuda", 3)) == "fp32"

@@ -102,6 +102,18 @@ class OnnxEngine:
         self.session = None
 
 
+def auto_precision(device) -> str:
+    """'bf16' on GPUs with bf16 hardware (compute capability 8.0+: Ampere, Ada, Hopper, ...), else
+    'fp32'. Older GPUs (T4, the RTX 20 and GTX 10 series, V100) accept bf16 tensors but emulate
+    the arithmetic (slower than fp32, and some cuBLAS bf16 GEMMs are refused on Pascal), so the
+    reference precision is both the correct and the faster choice there."""
+    import torch
+
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+
+
 class TorchEngine:
     """A timm wd-style tagger (config.json + model.safetensors)."""
 
@@ -121,7 +133,7 @@ class TorchEngine:
         if precision not in PRECISIONS:
             raise TagLoomError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision == "auto":
-            precision = "bf16" if self.device == "cuda" else "fp32"
+            precision = auto_precision(self.torch_device)
         self.precision = precision
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.provider = f"torch:{self.torch_device}:{precision}" + (":compiled" if compile else "")

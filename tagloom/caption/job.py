@@ -42,7 +42,7 @@ class CaptionJob:
     text_field: str = "tags"  # what a .txt holds: tags | caption
     batch_size: int = 0  # 0 = 16 on CPU, 64 on CUDA
     device: str = "auto"  # auto | cpu | cuda[:N]
-    precision: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16 (torch backend)
+    precision: str = "auto"  # auto (bf16 on Ampere+ GPUs, else fp32) | fp32 | bf16 | fp16 (torch backend)
     compile: bool = False  # torch.compile the model (CUDA: worth it for folders of thousands)
     decode: str = "auto"  # auto (gpu on CUDA, else cpu) | cpu | gpu (torchvision decoder on the device)
     workers: int | None = None  # decode workers; None = every core

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=0, help="images per model call (default 16 on CPU, 64 on CUDA)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="torch backend: auto = fp32 on CPU, bf16 on CUDA (fp32 for scores identical to `tagloom tag`)")
+                   help="torch backend: auto = bf16 on GPUs with bf16 hardware (Ampere+), else fp32 (fp32 for scores identical to `tagloom tag`)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA, large folders)")
     p.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where JPEGs are decoded: auto = on the GPU with CUDA and the torch backend, else CPU")
