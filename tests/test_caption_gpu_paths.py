@@ -8,7 +8,6 @@ be simulated (a GPU that torch reports, an onnxruntime that lists CUDA), the tes
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
