@@ -142,3 +142,17 @@ def test_text_encoder_gradient_checkpointing_is_active(tiny, tmp_path):
     assert layers and len(calls) == len(layers)  # each encoder layer ran checkpointed once
     te_grads = [p.grad for p in tr.optimizer.param_groups[1]["params"]]
     assert tr.step == 1 and te_grads  # the text encoder's adapters are in the optimizer
+
+
+def test_auto_mixed_precision_follows_the_gpu_generation(monkeypatch):
+    """bf16 only where the GPU has bf16 hardware; fp16 (GradScaler) on older GPUs, where
+    torch.cuda.is_bf16_supported() still says True (emulation). The capability query is answered
+    by a stand-in: there is no GPU here."""
+    import torch
+
+    from training.precision import auto_mixed_precision
+
+    assert auto_mixed_precision(torch.device("cpu")) is None
+    for capability, expected in (((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"), ((6, 1), "fp16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert auto_mixed_precision(torch.device("cuda")) == expected

@@ -28,7 +28,7 @@ class LoraOptions:
     caption_dropout: float = 0.0
     cache_latents: str = "memory"  # memory | disk (beside the training state) | none
     gradient_checkpointing: bool = False
-    mixed_precision: str = "auto"  # auto (bf16 on CUDA, no on CPU) | no | fp16 | bf16
+    mixed_precision: str = "auto"  # auto (bf16 on Ampere+ GPUs, fp16 on older ones, no on CPU) | no | fp16 | bf16
     save_precision: str = "fp16"  # fp16 | bf16 | fp32
     min_snr_gamma: float = 0.0  # 0 = off; 5 is the paper's value
     noise_offset: float = 0.0

@@ -62,7 +62,9 @@ class LoraTrainer:
             self.device = torch.device(opts.device)
         mp = opts.mixed_precision
         if mp == "auto":
-            mp = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+            from training.precision import auto_mixed_precision
+
+            mp = auto_mixed_precision(self.device) or "no"
         self.mixed_precision = mp
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp)
         weight_dtype = self.amp_dtype if (self.amp_dtype is not None and self.device.type == "cuda") else torch.float32

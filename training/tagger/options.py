@@ -25,7 +25,7 @@ class TaggerOptions:
     loss: str = "bce"  # bce | asl | focal
     warmup: float = 0.05  # fraction of optimizer steps spent warming up
     clip_grad: float = 1.0
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on Ampere+ GPUs, fp16 on older ones, fp32 on CPU) | fp32 | bf16 | fp16
     loss_multiplier: float = 1.0  # constant loss scale (fp16 underflow guard / JoyTag-style x256)
     augment: str = "trivial"  # trivial (TrivialAugmentWide) | none
     patience: int = 0  # early stopping: epochs without better validation F1 (0 = off)

@@ -309,7 +309,9 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
     device, world, rank = setup_distributed(opts.device)
     precision = opts.precision
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        from training.precision import auto_mixed_precision
+
+        precision = auto_mixed_precision(device) or "fp32"
 
     train_items, val_items, tags = load_dataset(opts)
     names = [t[0] for t in tags]
