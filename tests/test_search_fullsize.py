@@ -82,6 +82,18 @@ def test_bge_m3_download_fetches_the_encoder_weights(tmp_path, tiny_m3, monkeypa
     assert emb.encode(TEXTS[:2]).dense.shape == (2, emb.dim)
 
 
+def _three_tag_db(tmp_path, tiny_m3):
+    """A 3-tag database and the tiny M3's embedder spec, with the engine cache cleared."""
+    from tagloom.search.engine import clear_cache
+    from tagloom.tags import TagDB
+
+    db_path = tmp_path / "tags.sqlite"
+    with TagDB(db_path) as db:
+        db.upsert_tags({"name": n, "category": 0, "post_count": 10 - i} for i, n in enumerate(["twintails", "long_hair", "wlop"]))
+    clear_cache()
+    return db_path, f"m3:{tiny_m3}"
+
+
 def test_colbert_file_cut_short_by_a_crash_still_opens(tmp_path, tiny_m3):
     """A build killed while appending ColBERT rows (gigabytes at full size) leaves a partial row;
     the built index must still open and re-rank, and the next build must drop the partial row."""
@@ -91,11 +103,7 @@ def test_colbert_file_cut_short_by_a_crash_still_opens(tmp_path, tiny_m3):
     from tagloom.search.semantic import SemanticIndex, index_dir
     from tagloom.tags import TagDB
 
-    db_path = tmp_path / "tags.sqlite"
-    with TagDB(db_path) as db:
-        db.upsert_tags({"name": n, "category": 0, "post_count": 10 - i} for i, n in enumerate(["twintails", "long_hair", "wlop"]))
-    spec = f"m3:{tiny_m3}"
-    clear_cache()
+    db_path, spec = _three_tag_db(tmp_path, tiny_m3)
     build_index(db_path, spec, device="cpu")
     cpath = index_dir(db_path, spec) / "colbert.f16"
     size = cpath.stat().st_size
@@ -136,11 +144,7 @@ def test_store_switch_does_not_keep_dead_colbert_rows(tmp_path, tiny_m3, monkeyp
     from tagloom.search.semantic import SemanticIndex, index_dir, open_index_db
     from tagloom.tags import TagDB
 
-    db_path = tmp_path / "tags.sqlite"
-    with TagDB(db_path) as db:
-        db.upsert_tags({"name": n, "category": 0, "post_count": 10 - i} for i, n in enumerate(["twintails", "long_hair", "wlop"]))
-    spec = f"m3:{tiny_m3}"
-    clear_cache()
+    db_path, spec = _three_tag_db(tmp_path, tiny_m3)
     monkeypatch.setenv("TAGLOOM_SEARCH_STORE", "numpy")
     build_index(db_path, spec, device="cpu")
     with TagDB(db_path) as db:
