@@ -186,7 +186,10 @@ class TagLoomTrainedTaggerLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (trained_taggers() or [""], {"tooltip": "taggers trained with TagLoom (models/tagloom)"}),
+                # "" first, always: a shared train-then-load workflow links `path` and leaves this
+                # empty, and ComfyUI refuses a prompt whose combo value is not among the choices.
+                "model": ([""] + trained_taggers(), {"tooltip": "taggers trained with TagLoom (models/tagloom); "
+                                                      "empty = the linked path"}),
                 "backend": (["auto", "onnx", "torch"], {"default": "auto"}),
                 "device": (["auto", "cpu", "cuda"], {"default": "auto"}),
             },
@@ -203,6 +206,8 @@ class TagLoomTrainedTaggerLoader:
         from tagloom.errors import InputFileError
         from tagloom.tagger.cache import TaggerHandle
 
+        if not path and not model:
+            raise InputFileError("model", "choose a trained tagger, or link a path (TagLoomTrain's output_path)")
         folder = Path(path) if path else None
         if folder is None:
             folder = next((d / model for d in config.model_search_dirs() if (d / model / "config.json").is_file()), None)
@@ -226,7 +231,8 @@ class TagLoomTrainedLoraLoader:
             "required": {
                 "model": ("MODEL",),
                 "clip": ("CLIP",),
-                "lora_name": (_loras() or [""],),
+                "lora_name": ([""] + _loras(), {"tooltip": "a LoRA in models/loras; empty = the linked path "
+                                                  "(a workflow that trains it first names no file that exists yet)"}),
                 "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
                 "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
             },
@@ -239,11 +245,13 @@ class TagLoomTrainedLoraLoader:
     CATEGORY = CATEGORY
 
     def load(self, model, clip, lora_name, strength_model=1.0, strength_clip=1.0, path=""):
+        from tagloom.errors import InputFileError
+
+        if not path and not lora_name:
+            raise InputFileError("lora_name", "choose a LoRA, or link a path (TagLoomTrain's output_path)")
         import comfy.sd
         import comfy.utils
         import folder_paths
-
-        from tagloom.errors import InputFileError
 
         if path:
             p = Path(path).resolve()

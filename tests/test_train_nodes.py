@@ -146,3 +146,21 @@ def test_training_example_workflows_match_the_nodes(comfy_pack):
                 spec = m[node["class_type"]].INPUT_TYPES()
                 known = set(spec["required"]) | set(spec.get("optional", {}))
                 assert set(node["inputs"]) <= known and set(spec["required"]) <= set(node["inputs"]), (name, node)
+        # The trained-model loaders link `path` from TagLoomTrain: their combo must hold a value
+        # ComfyUI accepts on an install that has trained nothing yet (it validates combo values).
+        for node in api.values():
+            if node["class_type"] in ("TagLoomTrainedTaggerLoader", "TagLoomTrainedLoraLoader"):
+                spec = m[node["class_type"]].INPUT_TYPES()["required"]
+                combo = "model" if "model" in spec and isinstance(spec["model"][0], list) else "lora_name"
+                assert node["inputs"]["path"] == ["1", 0] and node["inputs"][combo] == ""
+                assert spec[combo][0][0] == ""
+
+
+def test_trained_loaders_without_a_choice_or_a_path_say_so(comfy_pack):
+    from tagloom.errors import InputFileError
+
+    m = comfy_pack.NODE_CLASS_MAPPINGS
+    with pytest.raises(InputFileError, match="choose a trained tagger, or link a path"):
+        m["TagLoomTrainedTaggerLoader"]().load("", "auto", "cpu")
+    with pytest.raises(InputFileError, match="choose a LoRA, or link a path"):
+        m["TagLoomTrainedLoraLoader"]().load(None, None, "")
