@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
-import tomllib
+from tagloom.tomlcompat import tomllib
 from pathlib import Path
 from typing import Any
 

@@ -276,6 +276,7 @@ def test_onnx_engine_binds_torch_pixels_in_place(images):
 
 def test_auto_decoder_choice():
     """Where 'auto' decodes: on the GPU when the engine takes GPU pixels and torchvision is there."""
+    pytest.importorskip("torchvision", reason="'auto' picks the GPU decoder only where torchvision is installed")
     from tagloom.caption.job import choose_decoder
 
     assert choose_decoder("auto", "cpu", "torch", "wd") == "cpu"

@@ -34,3 +34,14 @@ def test_broken_config_file_names_the_file(tagloom_home):
     (tagloom_home / "config.toml").write_text("general_threshold = [\n")
     with pytest.raises(InputFileError, match="config.toml"):
         config.setting("general_threshold")
+
+
+def test_toml_reader_on_this_python():
+    """Python 3.10 has no tomllib: tagloom reads TOML with tomli there (.ci/check-pythons runs the
+    suite on 3.10, 3.12 and 3.13 to prove config.toml and tiers files load on each)."""
+    import sys
+
+    from tagloom.tomlcompat import tomllib
+
+    assert tomllib.__name__ == ("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    assert tomllib.loads('a = "b"') == {"a": "b"}

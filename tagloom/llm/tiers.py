@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
+from tagloom.tomlcompat import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
