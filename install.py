@@ -237,6 +237,10 @@ def pip_options() -> list[str]:
 
 
 def _last_error(text: str) -> str:
+    if "ResolutionImpossible" in text or "conflicting dependencies" in text:
+        return "it needs other versions of packages this host pinned"
+    if "No matching distribution" in text:
+        return "no wheel of it for this Python and platform"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("WARNING")]
     errors = [ln for ln in lines if ln.startswith("ERROR")] or lines
     return (errors[-1] if errors else "pip failed")[:200]
