@@ -1,22 +1,26 @@
-"""Install TagLoom's requirements for the host that runs this file.
+"""Install TagLoom's requirements for the host that runs this file (docs/install.md).
 
 - ComfyUI-Manager installs requirements.txt line by line, then runs ``python install.py`` with
   ComfyUI's Python. Run by hand the same way: ``python install.py`` (``--dry-run`` prints the plan).
 - The A1111/Forge WebUI never reads requirements.txt; it runs install.py at every launch with the
-  WebUI on PYTHONPATH, and its ``launch`` module's ``run_pip`` is the sanctioned way to install.
+  WebUI on PYTHONPATH (its ``launch`` module tells us we are there).
 
-Rules: idempotent and quick when everything is present (only package metadata is read: no torch
+Rules: a launch never waits on pip's resolver (each install is resolved alone with a time limit,
+then installed exactly as resolved; 100 s in all per launch, ``TAGLOOM_INSTALL_TIMEOUT``); wheels
+only; idempotent and quick when everything is present (only package metadata is read: no torch
 import, no network); never installs, upgrades or downgrades torch/torchvision/torchaudio/xformers
-(without torch, the torch-only packages are skipped); on CUDA hosts onnxruntime-gpu instead of onnxruntime, and because
-both packages write the same ``onnxruntime/`` folder (the last install wins silently), a GPU host
-whose ONNX Runtime lost its CUDA provider gets ``--force-reinstall --no-deps onnxruntime-gpu``.
-``onnxruntime`` is never uninstalled (that would delete the shared files).
-Packages the environment already has are never moved: each pip call pins every installed package
-(not only torch) as a constraint, so TagLoom only adds packages. A requirement that cannot be added
-that way is reported, its TagLoom features stay off, and it is not retried at the next launch until
-the environment changes (``--retry`` forces it).
+(without torch, the torch-only packages are skipped); every installed package is pinned, so TagLoom
+only adds packages; each host gets what it uses (the WebUI leaves chromadb and the trainers'
+packages out: HOST_SKIPS); on CUDA hosts onnxruntime-gpu instead of onnxruntime, and because both
+packages write the same ``onnxruntime/`` folder (the last install wins silently), a GPU host whose
+ONNX Runtime lost its CUDA provider gets ``--force-reinstall --no-deps onnxruntime-gpu``.
+``onnxruntime`` is never uninstalled (that would delete the shared files). What cannot be added is
+reported in one line, its features stay off, and it is not retried at the next launch until the
+environment changes (``--retry`` forces it).
 Environment: TAGLOOM_INSTALL_DRY_RUN=1 = --dry-run; TAGLOOM_INSTALL_CUDA=0/1 forces the host kind;
-TAGLOOM_INSTALL_REQUIREMENTS / TAGLOOM_INSTALL_STATE override the requirements and state files.
+TAGLOOM_INSTALL_HOST=webui|comfyui|plain the host; TAGLOOM_INSTALL_REQUIREMENTS /
+TAGLOOM_INSTALL_STATE override the requirements and state files; TAGLOOM_INSTALL_PIP_ARGS adds pip
+options (a local index in the tests).
 """
 
 from __future__ import annotations
