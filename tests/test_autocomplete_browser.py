@@ -58,7 +58,7 @@ ITEM = ".tagloom-ac:not([hidden]) .tagloom-ac-item"
 @pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium; .ci/setup.d/10-chromium.sh)")
+        pytest.skip(f"{CHROMIUM} not found: browser tests need Debian's chromium (apt-get install -y chromium as root; .ci/run installs it)")
     from playwright.sync_api import Error as PWError
     from playwright.sync_api import sync_playwright
 
