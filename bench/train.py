@@ -37,7 +37,7 @@ def bench_tagger(model_name, image_size, batch, precision, device, steps, warmup
     from training.tagger.train import _autocast, create_network
 
     _reset_peak(device)
-    opts = TaggerOptions(dataset=Path("."), out=Path("."), model_name=model_name, image_size=image_size,
+    opts = TaggerOptions(dataset=Path("."), out=Path("."), model_name=model_name, resolution=image_size,
                          model_args=dict(model_args))
     model, _cfg = create_network(opts, num_classes)
     if grad_checkpointing:
@@ -129,7 +129,7 @@ def bench_lora(preset, device, batch, resolution, rank, steps, warmup, precision
 
         base, label = load_base(make_tiny_sd(Path(tmp) / "tiny_sd")), "tiny SD UNet (4,8)"
     opts = LoraOptions(dataset=ds, base="", out=str(Path(tmp) / "bench.safetensors"), rank=rank, batch_size=batch,
-                       resolution=resolution, buckets=False, steps=steps + warmup, mixed_precision=precision,
+                       resolution=resolution, buckets=False, steps=steps + warmup, precision=precision,
                        gradient_checkpointing=grad_ckpt, min_snr_gamma=5.0, device=str(device))
     tr = LoraTrainer(opts, base=base)
     for _ in range(warmup):

@@ -64,6 +64,7 @@ def build_args(mode, dataset, output_name, base_model, epochs, steps, batch_size
     LoRAs to models/loras/<name>.safetensors."""
     from tagloom import config
     from tagloom.errors import InputFileError, TagLoomError
+    from tagloom.options import flag
     from training.lora.train import output_path
 
     name = _check_name(output_name)
@@ -80,26 +81,47 @@ def build_args(mode, dataset, output_name, base_model, epochs, steps, batch_size
     extra = shlex.split(extra_args or "")
     if mode == "tagger":
         out = config.models_dir() / name
-        args = ["tagger", str(ds), "--out", str(out), "--model-name", model_name, "--epochs", str(epochs),
-                "--batch-size", str(batch_size), "--lr", str(learning_rate)]
+        from training.tagger.options import TaggerOptions as T
+
+        args = ["tagger", str(ds), flag(T, "out"), str(out), flag(T, "model_name"), model_name,
+                flag(T, "epochs"), str(epochs), flag(T, "batch_size"), str(batch_size), flag(T, "lr"), str(learning_rate)]
         if resolution:
-            args += ["--image-size", str(resolution)]
+            args += [flag(T, "resolution"), str(resolution)]
     elif mode == "lora":
         if not base_model:
             raise TagLoomError("base_model: choose a checkpoint from models/checkpoints to train a LoRA on")
         out = output_path(name)
         from training.lora.base import resolve_checkpoint
 
-        args = ["lora", str(ds), "--base", str(resolve_checkpoint(base_model)), "--out", str(out), "--rank", str(rank),
-                "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", str(learning_rate),
-                "--resolution", str(resolution or 512)]
+        from training.lora.options import LoraOptions as L
+
+        args = ["lora", str(ds), flag(L, "base"), str(resolve_checkpoint(base_model)), flag(L, "out"), str(out),
+                flag(L, "rank"), str(rank), flag(L, "epochs"), str(epochs), flag(L, "batch_size"), str(batch_size),
+                flag(L, "lr"), str(learning_rate), flag(L, "resolution"), str(resolution or 512)]
         if steps:
-            args += ["--steps", str(steps)]
+            args += [flag(L, "steps"), str(steps)]
     else:
         raise TagLoomError(f"mode {mode!r}: tagger or lora")
     if resume:
         args.append("--resume")
-    return args + extra, out
+    _refuse_protected(extra)
+    # The node's own flags come after extra_args: argparse keeps the last value of a repeated option,
+    # so nothing in a shared workflow's extra_args can move the output or the base model.
+    return args[:2] + extra + args[2:], out
+
+
+# Flags only the node sets: where the result is written and what it is trained from.
+_PROTECTED = ("--out", "--base")
+
+
+def _refuse_protected(extra: list[str]) -> None:
+    from tagloom.errors import TagLoomError
+
+    for token in extra:
+        name = token.split("=", 1)[0]
+        # argparse also accepts unambiguous abbreviations (--ou for --out)
+        if name.startswith("--") and len(name) > 2 and any(p.startswith(name) for p in _PROTECTED):
+            raise TagLoomError(f"extra_args: {name} is set by the node (output_name, base_model), not by extra_args")
 
 
 class TagLoomTrain:

@@ -80,7 +80,7 @@ def test_a_base_passed_in_trains_in_the_trainers_weight_dtype(tiny, tmp_path):
     from training.lora.train import LoraTrainer
 
     base = load_base(tiny["sd"], dtype=torch.bfloat16)
-    tr = LoraTrainer(_lora_opts(tiny, tmp_path / "a.safetensors", steps=1, mixed_precision="no"), base=base)
+    tr = LoraTrainer(_lora_opts(tiny, tmp_path / "a.safetensors", steps=1, precision="no"), base=base)
     assert tr.base.unet.dtype == torch.float32 and tr.base.text_encoders[0].dtype == torch.float32
     assert tr.base.vae.dtype == torch.float32
     assert all(p.dtype == torch.float32 for g in tr.optimizer.param_groups for p in g["params"])
@@ -93,7 +93,7 @@ def test_sdxl_size_conditioning_is_exact_and_samples_decode_in_float32(tiny, tmp
     SDXL's VAE overflow into a black image)."""
     from training.lora.train import LoraTrainer
 
-    tr = LoraTrainer(_lora_opts(tiny, tmp_path / "xl.safetensors", base=str(tiny["xl"]), mixed_precision="bf16",
+    tr = LoraTrainer(_lora_opts(tiny, tmp_path / "xl.safetensors", base=str(tiny["xl"]), precision="bf16",
                                 sample_prompt="red", sample_steps=1, buckets=False))
     seen = []
     tr.base.unet.register_forward_pre_hook(
@@ -119,8 +119,8 @@ def test_resume_with_fp16_after_a_run_without_it(tiny, tmp_path):
     from training.lora.train import LoraTrainer
 
     out = tmp_path / "r.safetensors"
-    LoraTrainer(_lora_opts(tiny, out, mixed_precision="no")).train(stop_after=1)
-    tr = LoraTrainer(_lora_opts(tiny, out, mixed_precision="fp16", resume=True))
+    LoraTrainer(_lora_opts(tiny, out, precision="no")).train(stop_after=1)
+    tr = LoraTrainer(_lora_opts(tiny, out, precision="fp16", resume=True))
     assert tr.scaler.is_enabled() and tr.load_state() and tr.step == 1
 
 
@@ -130,7 +130,7 @@ def test_text_encoder_gradient_checkpointing_is_active(tiny, tmp_path):
     from training.lora.train import LoraTrainer
 
     tr = LoraTrainer(_lora_opts(tiny, tmp_path / "gc.safetensors", text_encoder_lr=1e-3, gradient_checkpointing=True,
-                                mixed_precision="no"))
+                                precision="no"))
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in tr.base.text_encoders[0].modules() if isinstance(m, GradientCheckpointingLayer)]

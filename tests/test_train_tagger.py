@@ -19,7 +19,7 @@ TINY_ARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2, "ref_feat_shape": [4, 
 def _opts(ds, out, **kw):
     from training.tagger.options import TaggerOptions
 
-    base = dict(dataset=ds, out=out, model_name="eva02_large_patch14_448", image_size=56, model_args=dict(TINY_ARGS),
+    base = dict(dataset=ds, out=out, model_name="eva02_large_patch14_448", resolution=56, model_args=dict(TINY_ARGS),
                 epochs=2, batch_size=8, lr=3e-3, workers=0, onnx=False, val_fraction=0.25, warmup=0.0)
     base.update(kw)
     return TaggerOptions(**base)

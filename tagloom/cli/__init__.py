@@ -20,8 +20,18 @@ from tagloom import __version__
 from tagloom.errors import CancelledError, TagLoomError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every parser of the tree (sub-commands inherit the class) shows each option's default."""
+
+    def __init__(self, *args, **kwargs):
+        from tagloom.options import HelpFormatter
+
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tagloom", description="Danbooru tagging, tag search, LLM tools and training.")
+    parser = _Parser(prog="tagloom", description="Danbooru tagging, tag search, LLM tools and training.")
     parser.add_argument("--version", action="version", version=f"tagloom {__version__}")
     parser.add_argument(
         "--comfyui",

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("folder", metavar="DIR", help="folder of images")
     p.add_argument("--recursive", "-r", action="store_true", help="include sub-folders")
     p.add_argument("--model", default=None, help="model name, hub repo id or folder (default: the configured tagger)")
-    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto", help="auto: torch on CUDA where the model has torch weights, else ONNX Runtime")
     p.add_argument("--format", dest="fmt", choices=("txt", "json", "jsonl"), default="txt",
                    help="txt: the tags string beside each image (kohya); json: all scores beside each image; "
                    "jsonl: one file with all scores (default DIR/captions.jsonl)")
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where JPEGs are decoded: auto = on the GPU with CUDA and the torch backend, else CPU")
     p.add_argument("--workers", type=int, default=None, help="decode workers (default: every core)")
-    p.add_argument("--decode-mode", choices=("thread", "process"), default="thread")
+    p.add_argument("--decode-mode", choices=("thread", "process"), default="thread", help="CPU decoding in threads or processes")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: every core)")
     g = p.add_argument_group("thresholds and formatting (as `tagloom tag`)")
     add_threshold_format_options(g)

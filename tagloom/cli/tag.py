@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--backend", default=None, choices=["auto", "onnx", "torch"], help="inference backend (default auto)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="device (default auto)")
     add_threshold_format_options(p)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per model call for folders")
     p.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")
     p.set_defaults(handler=run)
 

@@ -86,15 +86,16 @@ def register(subparsers) -> None:
         q.add_argument("--db", help="tag database file (default: tags.sqlite in the data folder)")
 
     q = sub.add_parser("import", help="import tag lists or translations (CSV, JSON lines)")
-    q.add_argument("files", nargs="+", metavar="FILE")
+    q.add_argument("files", nargs="+", metavar="FILE", help="tag lists or translation files")
     q.add_argument("--format", default="auto",
-                   choices=["auto", "tagcomplete", "selected_tags", "translations", "jsonl", "danbooru_json", "csv"])
+                   choices=["auto", "tagcomplete", "selected_tags", "translations", "jsonl", "danbooru_json", "csv"],
+                   help="file format (auto: detected from the content)")
     q.add_argument("--lang", help="language of translations (default: detected from the script)")
     common(q)
     q.set_defaults(handler=_import)
 
     q = sub.add_parser("export", help="every tag with all its fields")
-    q.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
+    q.add_argument("--format", default="jsonl", choices=["jsonl", "csv"], help="output format")
     q.add_argument("-o", "--output", help="file (default: standard output)")
     common(q)
     q.set_defaults(handler=_export)
@@ -106,8 +107,8 @@ def register(subparsers) -> None:
     q.set_defaults(handler=_fetch)
 
     q = sub.add_parser("danbooru", help="import tags, aliases and wiki descriptions from the Danbooru API (resumable)")
-    q.add_argument("--base-url", default=DEFAULT_BASE)
-    q.add_argument("--what", nargs="+", default=list(ENDPOINTS), choices=list(ENDPOINTS))
+    q.add_argument("--base-url", default=DEFAULT_BASE, help="Danbooru server")
+    q.add_argument("--what", nargs="+", default=list(ENDPOINTS), choices=list(ENDPOINTS), help="what to import (default: all of them)")
     q.add_argument("--min-posts", type=int, default=0, help="only tags with at least this many posts")
     q.add_argument("--max-pages", type=int, help="stop after this many pages per endpoint (resume later)")
     q.add_argument("--interval", type=float, default=1.0, help="seconds between requests (default 1)")
@@ -116,7 +117,7 @@ def register(subparsers) -> None:
     q.set_defaults(handler=_danbooru)
 
     q = sub.add_parser("stats", help="counts by category and frequency tier; pack-category coverage")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the counts as JSON")
     common(q)
     q.set_defaults(handler=_stats)
 

@@ -16,11 +16,11 @@ def register(subparsers) -> None:
     p.set_defaults(handler=lambda a: (p.print_help(), 1)[1])
 
     pp = sub.add_parser("prepare", help="validate a dataset folder, build selected_tags.csv and a train/val split")
-    pp.add_argument("dataset", type=Path)
-    pp.add_argument("--out", type=Path, required=True)
+    pp.add_argument("dataset", type=Path, help="folder of images with same-named .txt captions")
+    pp.add_argument("--out", type=Path, required=True, help="output folder (selected_tags.csv, the split, shards)")
     pp.add_argument("--min-count", type=int, default=1, help="keep tags on at least N images (default 1)")
-    pp.add_argument("--val-fraction", type=float, default=0.1)
-    pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
+    pp.add_argument("--seed", type=int, default=0, help="random seed of the split")
     pp.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, max 8)")
     pp.add_argument("--tag-db", type=Path, default=None, help="tag database for categories (default: the pack's)")
     pp.add_argument("--shards", type=int, default=0, metavar="N",
@@ -31,8 +31,8 @@ def register(subparsers) -> None:
 
     fd = sub.add_parser("fetch-danbooru", help="build a dataset folder from Danbooru's posts API")
     fd.add_argument("--tags", required=True, help='a Danbooru search, e.g. "hatsune_miku rating:general"')
-    fd.add_argument("--limit", type=int, required=True)
-    fd.add_argument("--out", type=Path, required=True)
+    fd.add_argument("--limit", type=int, required=True, help="posts to download")
+    fd.add_argument("--out", type=Path, required=True, help="dataset folder to write (images + .txt)")
     fd.add_argument("--base-url", default=None, help="Danbooru server (default https://danbooru.donmai.us)")
     fd.add_argument("--character", action="store_true", help="add character tags to captions")
     fd.add_argument("--copyright", action="store_true", help="add copyright tags to captions")

@@ -60,7 +60,7 @@ class LoraTrainer:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(opts.device)
-        mp = opts.mixed_precision
+        mp = opts.precision
         if mp == "auto":
             from training.precision import auto_mixed_precision
 

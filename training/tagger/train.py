@@ -93,8 +93,8 @@ def create_network(opts: TaggerOptions, num_classes: int):
         from tagloom.errors import TagLoomError
 
         raise TagLoomError(f"--model-name {opts.model_name!r}: not a timm model name (see timm.list_models())")
-    if opts.image_size:
-        size = opts.image_size
+    if opts.resolution:
+        size = opts.resolution
     else:  # the model's own input size, read from its registry entry (no weights built)
         from timm.models import get_pretrained_cfg
 
@@ -322,7 +322,7 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
     model, config = create_network(opts, len(names))
     size = config["pretrained_cfg"]["input_size"][-1]
     mean, std = config["pretrained_cfg"]["mean"], config["pretrained_cfg"]["std"]
-    if opts.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
+    if opts.gradient_checkpointing and hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(True)
     model.to(device)
 
