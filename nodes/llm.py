@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 
-PROVIDERS = ["ollama", "openai"]
+from tagloom.llm.registry import NAMES as PROVIDERS  # declared once (tagloom/llm/registry.py)
+
 DEFAULT_URL = "http://127.0.0.1:11434"
+# Appended optional input (workflows store widgets by position: new inputs only go last).
+TIMEOUT_INPUT = ("FLOAT", {"default": 120.0, "min": 1.0, "max": 3600.0, "step": 1.0,
+                           "tooltip": "seconds one request may take before it is retried"})
 
 
 def _interrupt_hooks():
@@ -64,9 +68,10 @@ class _TagJobNode:
         opt = {"tiers_file": ("STRING", {"default": "", "tooltip": "optional tiers TOML/JSON (overrides provider/model)"})}
         if cls.TASK == "categorize":
             opt["first_pass"] = ("BOOLEAN", {"default": False, "tooltip": "free first pass from the nearest categorized tags"})
+        opt["timeout"] = TIMEOUT_INPUT
         return {"required": req, "optional": opt}
 
-    def run(self, provider, base_url, model, batch_size, concurrency, limit, tiers_file="", first_pass=False):
+    def run(self, provider, base_url, model, batch_size, concurrency, limit, tiers_file="", first_pass=False, timeout=120.0):
         from tagloom.errors import CancelledError
         from tagloom.llm import jobs, pipeline
         from tagloom.llm.tiers import load_tiers
@@ -75,8 +80,10 @@ class _TagJobNode:
         task = jobs.TASKS[self.TASK]
         if tiers_file.strip():
             tiers = load_tiers(tiers_file.strip())
+            for t in tiers:
+                t.timeout = float(timeout)
         else:
-            tiers = [pipeline.single_tier(provider, model, base_url.strip() or None, batch_size, concurrency)]
+            tiers = [pipeline.single_tier(provider, model, base_url.strip() or None, batch_size, concurrency, timeout=timeout)]
         should_stop, progress, raise_if = _interrupt_hooks()
         with TagDB() as db:
             planned = pipeline.plan(db, task, tiers, limit=limit or None)
@@ -114,16 +121,17 @@ class TagLoomIdeaToTags:
             "underscores": ("BOOLEAN", {"default": False}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "change to ask the model again"}),
         })
-        return {"required": req}
+        return {"required": req, "optional": {"timeout": TIMEOUT_INPUT}}
 
-    def run(self, idea, provider, base_url, model, max_tags, underscores, seed):
+    def run(self, idea, provider, base_url, model, max_tags, underscores, seed, timeout=120.0):
         from tagloom.llm.ideas import idea_to_tags
         from tagloom.llm.pipeline import single_tier
         from tagloom.llm.providers import make_provider
         from tagloom.tags.db import TagDB
 
-        tier = single_tier(provider, model, base_url.strip() or None)
-        prov = make_provider(tier.provider, tier.model, base_url=tier.base_url, api_key_env=tier.api_key_env)
+        tier = single_tier(provider, model, base_url.strip() or None, timeout=timeout)
+        prov = make_provider(tier.provider, tier.model, base_url=tier.base_url, api_key_env=tier.api_key_env,
+                             timeout=tier.timeout)
         with TagDB() as db:
             res = idea_to_tags(idea, prov, db, max_tags=max_tags, underscores=underscores)
         data = {"tags": res.tags, "dropped": res.dropped, "replaced": res.replaced, "usage": res.usage}

@@ -109,6 +109,7 @@ class FakeOllama(_ThreadServer):
         self.reject_schema_format = False
         self.generate_calls: list[dict] = []
         self.idea_tags = ["red_hair", "temple"]
+        self.models: set[str] | None = None  # when set, other model names get Ollama's 404
 
     def app(self):
         app = web.Application()
@@ -124,6 +125,8 @@ class FakeOllama(_ThreadServer):
     async def chat(self, request):
         body = await request.json()
         self.requests.append(body)
+        if self.models is not None and body.get("model") not in self.models:
+            return web.json_response({"error": f"model '{body.get('model')}' not found"}, status=404)
         if self.fail_next:
             code = self.fail_next.pop(0)
             return web.json_response({"error": f"injected {code}"}, status=code)
@@ -331,6 +334,7 @@ class FakeOpenAI(_ThreadServer):
         self.headers: list[dict] = []
         self.reject = set()  # {"json_schema", "json_object"}
         self.reject_status = 400
+        self.models: set[str] | None = None  # when set, other model names get OpenAI's 404
 
     def app(self):
         app = web.Application()
@@ -341,6 +345,9 @@ class FakeOpenAI(_ThreadServer):
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        if self.models is not None and body.get("model") not in self.models:
+            return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist",
+                                                "type": "invalid_request_error", "code": "model_not_found"}}, status=404)
         rf = body.get("response_format") or {}
         kind = rf.get("type")
         if kind in self.reject:

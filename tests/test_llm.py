@@ -275,8 +275,9 @@ def test_api_key_never_in_logs_outputs_or_database(tmp_path, openai_server, db, 
     monkeypatch.setenv("OPENAI_API_KEY", key)
     caplog.set_level(logging.DEBUG)
     openai_server.reject = {"json_schema"}  # exercise the fallback's log lines too
+    # a local server gets the key only when its variable is named (issue 14: keys go where they belong)
     rc = cli(["categorize", "--provider", "openai", "--base-url", openai_server.url + "/v1", "--model", "m",
-              "--db", str(db.path), "--json"])
+              "--api-key-env", "OPENAI_API_KEY", "--db", str(db.path), "--json"])
     assert rc == 0
     # the key reached the server, so it was really used ...
     assert openai_server.headers[-1]["Authorization"] == f"Bearer {key}"
@@ -286,12 +287,13 @@ def test_api_key_never_in_logs_outputs_or_database(tmp_path, openai_server, db, 
     assert key not in caplog.text
     dump = "\n".join(db.conn.iterdump())
     assert key not in dump
-    p = make_provider("openai", "m", base_url=openai_server.url + "/v1")
+    p = make_provider("openai", "m", base_url=openai_server.url + "/v1", api_key_env="OPENAI_API_KEY")
     assert key not in repr(p) and key not in str(vars(p).get("api_key_env"))
     # a dead server's error message does not carry it either
     from llm_servers import free_port
 
-    dead = make_provider("openai", "m", base_url=f"http://127.0.0.1:{free_port()}/v1", retry=RetryPolicy(attempts=1))
+    dead = make_provider("openai", "m", base_url=f"http://127.0.0.1:{free_port()}/v1", api_key_env="OPENAI_API_KEY",
+                         retry=RetryPolicy(attempts=1))
     with pytest.raises(LLMError) as e:
         dead.chat_json("s", "u", {"type": "object"})
     assert key not in str(e.value)
@@ -301,7 +303,7 @@ def test_key_from_user_config_file(openai_server, tagloom_home, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     tagloom_home.mkdir(parents=True, exist_ok=True)
     (tagloom_home / "config.toml").write_text('[secrets]\nopenai_api_key = "sk-from-config-77"\n')
-    p = make_provider("openai", "m", base_url=openai_server.url + "/v1")
+    p = make_provider("openai", "m", base_url=openai_server.url + "/v1", api_key_env="OPENAI_API_KEY")
     p.chat_json("s", "Tags:\nsword", keyed_schema(["sword"], item_schema()))
     assert openai_server.headers[-1]["Authorization"] == "Bearer sk-from-config-77"
 

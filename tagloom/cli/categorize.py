@@ -17,10 +17,15 @@ import sys
 
 
 def add_llm_options(p, default_batch: int | None = None) -> None:
-    p.add_argument("--provider", choices=["ollama", "openai"], help="LLM API (default: config [llm] provider, else ollama)")
-    p.add_argument("--base-url", help="server URL, e.g. http://127.0.0.1:11434 or http://127.0.0.1:8080/v1")
-    p.add_argument("--model", help="model name on that server")
-    p.add_argument("--api-key-env", help="NAME of the environment variable holding the key (default OPENAI_API_KEY)")
+    from tagloom.llm import registry
+
+    p.add_argument("--provider", choices=registry.NAMES,
+                   help="LLM server kind (default: config [llm] provider, else ollama); " + registry.help_text())
+    p.add_argument("--base-url", help="server URL (default: the provider's usual local URL, above)")
+    p.add_argument("--model", help="model name on that server (default: config [llm] model, else the provider's default above)")
+    p.add_argument("--api-key-env", help="NAME of the environment variable holding the key (default: OPENAI_API_KEY, "
+                   "and only for OpenAI's own endpoint; other servers get no key unless named here)")
+    p.add_argument("--timeout", type=float, help="seconds one request may take before it is retried (default: 120)")
     p.add_argument("--batch-size", type=int, default=default_batch, help="tags per request (default 50)")
     p.add_argument("--concurrency", type=int, help="requests in flight (default 1)")
     p.add_argument("--tiers", help="tiers file (TOML/JSON): route tags to providers by post count")
@@ -69,8 +74,11 @@ def tiers_from_args(args):
                 t.batch_size = args.batch_size
             if args.concurrency:
                 t.concurrency = args.concurrency
+            if getattr(args, "timeout", None):
+                t.timeout = args.timeout
         return tiers
-    return [single_tier(args.provider, args.model, args.base_url, args.batch_size, args.concurrency, args.api_key_env)]
+    return [single_tier(args.provider, args.model, args.base_url, args.batch_size, args.concurrency, args.api_key_env,
+                        timeout=getattr(args, "timeout", None))]
 
 
 def run_task_cli(args, task_name: str) -> int:

@@ -10,10 +10,15 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     i = sub.add_parser("idea", help="ask the LLM for tags for an idea, snap them to real tags, order them")
     i.add_argument("idea", help='free text; weights like "(red hair:1.2)" are kept')
-    i.add_argument("--provider", choices=["ollama", "openai"], help="LLM server kind (default: the configured provider, ollama)")
+    from tagloom.llm import registry
+
+    i.add_argument("--provider", choices=registry.NAMES,
+                   help="LLM server kind (default: config [llm] provider, else ollama); " + registry.help_text())
     i.add_argument("--base-url", help="server URL (default: the provider's usual local URL)")
     i.add_argument("--model", help="model name (default: the provider's documented default, docs/llm.md)")
-    i.add_argument("--api-key-env", help="environment variable holding the API key (never a key on the command line)")
+    i.add_argument("--api-key-env", help="environment variable holding the API key (never a key on the command line; "
+                   "default: OPENAI_API_KEY for OpenAI's own endpoint only)")
+    i.add_argument("--timeout", type=float, help="seconds one request may take before it is retried (default: 120)")
     i.add_argument("--max-tags", type=int, default=30, help="at most this many tags")
     i.add_argument("--underscores", action="store_true", help="keep underscores in tag names")
     i.add_argument("--db", help="tag database file (default: the configured one)")
@@ -28,8 +33,9 @@ def handle_idea(args) -> int:
     from tagloom.llm.providers import make_provider
     from tagloom.tags.db import TagDB
 
-    tier = single_tier(args.provider, args.model, args.base_url, api_key_env=args.api_key_env)
-    provider = make_provider(tier.provider, tier.model, base_url=tier.base_url, api_key_env=tier.api_key_env)
+    tier = single_tier(args.provider, args.model, args.base_url, api_key_env=args.api_key_env, timeout=args.timeout)
+    provider = make_provider(tier.provider, tier.model, base_url=tier.base_url, api_key_env=tier.api_key_env,
+                             timeout=tier.timeout)
     with TagDB(args.db) as db:
         res = idea_to_tags(args.idea, provider, db, max_tags=args.max_tags, underscores=args.underscores)
     if args.json:

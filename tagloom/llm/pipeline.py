@@ -21,19 +21,25 @@ def single_tier(
     batch_size: int | None = None,
     concurrency: int | None = None,
     api_key_env: str | None = None,
+    timeout: float | None = None,
 ) -> Tier:
     """A one-tier plan from explicit options, completed from config.toml's ``[llm]`` table."""
+    from tagloom.llm.registry import get
+
     conf = config.section("llm")
+    kind = provider or conf.get("provider", "ollama")
     return Tier(
         name="all",
-        provider=provider or conf.get("provider", "ollama"),
-        model=model or conf.get("model", ""),
+        provider=kind,
+        # no model named anywhere: the provider's documented default (docs/llm.md)
+        model=model or conf.get("model") or get(kind).default_model,
         base_url=base_url or conf.get("base_url"),
         api_key_env=api_key_env or conf.get("api_key_env"),
         batch_size=batch_size or int(conf.get("batch_size", 50)),
         concurrency=concurrency or int(conf.get("concurrency", 1)),
         price_in=float(conf.get("price_in", 0.0)),
         price_out=float(conf.get("price_out", 0.0)),
+        timeout=float(timeout or conf.get("timeout", 120.0)),
     )
 
 

@@ -156,10 +156,13 @@ class Provider:
         retry: RetryPolicy | None = None,
         temperature: float = 0.0,
         mode: str | None = None,
+        info=None,
     ):
-        if not model:
-            raise LLMError(f"{self.kind}: no model name given (--model or the tiers file)")
-        self.model = model
+        from tagloom.llm import registry
+
+        self.info = info or registry.get(self.kind)
+        # No model named anywhere: the provider's documented default (docs/llm.md, registry.py).
+        self.model = model or self.info.default_model
         self.base_url = base_url
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -221,18 +224,27 @@ class Provider:
     def unload(self) -> None:
         """Free the model's memory on the server where the API allows it (Ollama: keep_alive 0)."""
 
+    def _not_running(self) -> "LLMError":
+        # A refused connection is not transient: retrying it only makes the user wait.
+        return LLMError(f"{self}: nothing answers at {self.base_url or self.info.default_base_url}: "
+                        f"is the server running? ({self.info.start_hint})")
+
+    def _no_model(self, detail: str = "") -> "LLMError":
+        hint = self.info.pull_hint.format(model=self.model, base_url=self.base_url or self.info.default_base_url)
+        return LLMError(f"{self}: the server has no model {self.model!r}{': ' + detail if detail else ''} ({hint})")
+
 
 class OpenAIProvider(Provider):
     """Any OpenAI-compatible server: OpenAI, LM Studio, vLLM, llama.cpp's server, Ollama's /v1."""
 
     kind = "openai"
 
-    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", **kw):
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY", **kw):
         super().__init__(model, base_url, **kw)
         self.api_key_env = api_key_env
         import openai
 
-        key = config.secret(api_key_env)
+        key = config.secret(api_key_env) if api_key_env else None
         # Local servers need no key, but the client insists on one; this placeholder is not secret.
         self._client = openai.OpenAI(
             api_key=key or "no-key", base_url=base_url, timeout=self.timeout, max_retries=0
@@ -260,7 +272,13 @@ class OpenAIProvider(Provider):
         except openai.APITimeoutError:
             raise _Retryable(f"timed out after {self.timeout}s") from None
         except openai.APIConnectionError as e:
+            if _refused(e.__cause__ or e):
+                raise self._not_running() from None
             raise _Retryable(f"connection failed: {type(e.__cause__ or e).__name__}") from None
+        except openai.NotFoundError as e:
+            if "model" in _error_text(e).lower():
+                raise self._no_model(_error_text(e)[:160]) from None
+            raise LLMError(f"{self}: HTTP 404 at {self.base_url}: {_error_text(e)[:200]}") from None
         except openai.InternalServerError as e:
             # llama-cpp-python's server answers an unknown response_format type with a 500 whose
             # body names the field: that is a missing feature, not a transient failure
@@ -325,9 +343,11 @@ class OllamaProvider(Provider):
             if code == 400 and mode != "prompt" and "format" in str(e.error).lower():
                 raise _Unsupported(str(e.error)[:200]) from None
             if code == 404:
-                raise LLMError(f"{self}: model {self.model!r} not found on {self.base_url} (ollama pull {self.model})") from None
+                raise self._no_model() from None
             raise LLMError(f"{self}: HTTP {code}: {str(e.error)[:300]}") from None
-        except ConnectionError:
+        except ConnectionError as e:
+            if _refused(e.__cause__ or e) or "Failed to connect" in str(e):
+                raise self._not_running() from None
             raise _Retryable(f"cannot connect to {self.base_url}") from None
         except httpx.TimeoutException:
             raise _Retryable(f"timed out after {self.timeout}s") from None
@@ -377,21 +397,42 @@ def _retry_after(response) -> float | None:
         return None
 
 
+def _refused(err: BaseException | None) -> bool:
+    """Nothing listens at the address (connection refused, or no such host): not worth retrying.
+    A connection dropped mid-answer or a timeout is retried instead."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, (ConnectionRefusedError,)):
+            return True
+        name = type(err).__name__
+        if name == "ConnectError":  # httpx: the TCP connection could not be made at all
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
 def make_provider(
     kind: str,
-    model: str,
+    model: str | None,
     base_url: str | None = None,
     api_key_env: str | None = None,
     timeout: float = 120.0,
     retry: RetryPolicy | None = None,
     **kw,
 ) -> Provider:
-    """``kind`` is ``ollama`` or ``openai`` (any OpenAI-compatible server)."""
-    kind = (kind or "").lower()
-    if kind == "ollama":
-        return OllamaProvider(model, base_url, timeout=timeout, retry=retry, **kw)
-    if kind in ("openai", "openai-compatible", "llamacpp", "lmstudio", "vllm"):
-        kw.pop("num_ctx", None)
-        kw.pop("keep_alive", None)
-        return OpenAIProvider(model, base_url, api_key_env=api_key_env or "OPENAI_API_KEY", timeout=timeout, retry=retry, **kw)
-    raise LLMError(f"unknown provider {kind!r}: use ollama or openai")
+    """``kind``: a name from :data:`tagloom.llm.registry.PROVIDERS` (``ollama``, ``openai`` and the
+    OpenAI-compatible aliases). An empty model is the provider's documented default. The OpenAI key
+    variable goes only to OpenAI's own endpoint; another server gets the variable that
+    ``api_key_env`` names, or no key."""
+    from tagloom.llm import registry
+
+    info = registry.get(kind)
+    if info.api == "ollama":
+        return OllamaProvider(model, base_url or info.default_base_url, timeout=timeout, retry=retry, info=info, **kw)
+    kw.pop("num_ctx", None)
+    kw.pop("keep_alive", None)
+    base_url = base_url or info.default_base_url
+    if not api_key_env and info.key_env and registry.is_openai_endpoint(base_url):
+        api_key_env = info.key_env
+    return OpenAIProvider(model, base_url, api_key_env=api_key_env, timeout=timeout, retry=retry, info=info, **kw)

@@ -33,7 +33,9 @@ from pathlib import Path
 
 from tagloom.errors import InputFileError
 
-KNOWN_PROVIDERS = {"ollama", "openai"}
+from tagloom.llm.registry import NAMES as _PROVIDER_NAMES
+
+KNOWN_PROVIDERS = set(_PROVIDER_NAMES)  # declared once in tagloom/llm/registry.py
 
 
 @dataclass
@@ -80,12 +82,16 @@ def load_tiers(path: str | Path) -> list[Tier]:
             if {"api_key", "key", "token"} & unknown:
                 raise InputFileError(path, "tier %d holds a key: put it in an environment variable and name it in api_key_env" % (i + 1))
             raise InputFileError(path, f"tier {i + 1}: unknown field(s) {sorted(unknown)}")
-        for req in ("provider", "model"):
+        for req in ("provider",):
             if not t.get(req):
                 raise InputFileError(path, f"tier {i + 1}: '{req}' is required")
         if t["provider"] not in KNOWN_PROVIDERS:
-            raise InputFileError(path, f"tier {i + 1}: provider must be one of {sorted(KNOWN_PROVIDERS)}, not {t['provider']!r}")
+            raise InputFileError(path, f"tier {i + 1}: provider must be one of {', '.join(_PROVIDER_NAMES)}, not {t['provider']!r}")
         t = dict(t)
+        if not t.get("model"):  # the provider's documented default model
+            from tagloom.llm.registry import get
+
+            t["model"] = get(t["provider"]).default_model
         t.setdefault("name", f"tier{i + 1}")
         try:
             tiers.append(Tier(**t))
