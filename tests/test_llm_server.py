@@ -163,3 +163,38 @@ def test_client_killed_mid_run_restarts_without_reasking(tmp_path, proxy):
     _assert_each_once(db, tags)
     _assert_never_reasked(proxy)
     assert "sk-test-never-logged-31337" in proxy.api_keys_seen  # it was used, only on the wire
+
+
+def test_describe_run_on_the_real_server(tmp_path, llama):
+    """`tagloom describe` end to end: every tag gets a stored description, and a rerun asks nothing."""
+    from tagloom.cli import main as cli
+
+    tags = ["lens_flare", "teacup"]
+    _db(tmp_path, tags).close()
+    args = ["describe", "--provider", "llamacpp", "--base-url", llama.url, "--model", "smollm2",
+            "--batch-size", "2", "--db", str(tmp_path / "tags.sqlite"), "--json"]
+    assert cli(args) == 0
+    with TagDB(tmp_path / "tags.sqlite") as db:
+        assert all(db.get(t)["description"] for t in tags), [db.get(t) for t in tags]
+        asked = Ledger(db).answer_counts("describe")
+    assert {t: asked.get(t) for t in tags} == {t: 1 for t in tags}
+    assert cli(args) == 0  # nothing pending: no second answer is paid for
+    with TagDB(tmp_path / "tags.sqlite") as db:
+        assert Ledger(db).answer_counts("describe") == asked
+
+
+def test_idea_run_on_the_real_server(tmp_path, llama, capsys):
+    """`tagloom prompt idea` end to end: whatever the tiny model says, only real tags come out and
+    the weight the user wrote is kept."""
+    from tagloom.cli import main as cli
+
+    _db(tmp_path, ["red_hair", "temple", "1girl", "smile"]).close()
+    assert cli(["prompt", "idea", "a girl with (red hair:1.2) in a temple", "--provider", "llamacpp",
+                "--base-url", llama.url, "--model", "smollm2", "--db", str(tmp_path / "tags.sqlite"), "--json"]) == 0
+    import json
+
+    res = json.loads(capsys.readouterr().out)
+    assert "(red hair:1.2)" in res["prompt"]
+    known = {"red_hair", "temple", "1girl", "smile"}
+    assert all(t["tag"] in known for t in res["tags"]), res["tags"]
+    assert res["usage"]["completion_tokens"] > 0
