@@ -323,6 +323,7 @@ class FakeOpenAI(_ThreadServer):
         self.reject = set()  # {"json_schema", "json_object"}
         self.reject_status = 400
         self.models: set[str] | None = None  # when set, other model names get OpenAI's 404
+        self.garbage = False  # answer prose that is no JSON (a model that ignores the format), usage included
 
     def app(self):
         app = web.Application()
@@ -353,7 +354,9 @@ class FakeOpenAI(_ThreadServer):
         elif "description" in user.split("Tags:\n", 1)[-1]:
             item_props = {"description": {}}
         content = json.dumps(_fake_answer(keys, item_props, set()), ensure_ascii=False)
-        if kind is None:
+        if self.garbage:
+            content = "I think these tags are all lovely."
+        elif kind is None:
             content = "Sure! Here is the JSON you asked for:\n```json\n" + content + "\n```"
         return web.json_response({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body.get("model"),

@@ -96,7 +96,7 @@ def test_openai_422_on_json_schema_falls_back_to_json_object_with_schema(openai_
     assert res.mode == "json_object"
     sent = openai_server.requests[-1]["response_format"]
     assert sent["type"] == "json_object"
-    assert sent["schema"]["$defs"]["item"]["properties"]["reason"] == {"type": "string", "maxLength": 160}
+    assert sent["schema"]["$defs"]["item"]["properties"]["reason"] == {"type": "string", "maxLength": 80}  # bound_strings: 80 since SmolLM2 on llama.cpp rambled past 160
     assert sent["schema"]["properties"] == schema["properties"]
 
 

@@ -130,3 +130,23 @@ def test_timeout_reaches_the_provider(tmp_path):
     f.write_text(json.dumps({"tier": [{"provider": "ollama", "timeout": 300}]}))
     args = build_parser().parse_args(["categorize", "--tiers", str(f), "--timeout", "9"])
     assert tiers_from_args(args)[0].timeout == 9.0
+
+
+def test_tokens_of_failed_attempts_are_counted(tmp_path, openai_server):
+    """A model that answers prose every time: the batch fails, but every attempt's tokens are in the
+    run's usage and the ledger (a paid run must never cost more than it reports)."""
+    from tagloom.llm import jobs
+    from tagloom.tags.db import TagDB
+    from tagloom.tags.llm_ledger import Ledger
+
+    openai_server.garbage = True
+    db = TagDB(tmp_path / "tags.sqlite")
+    db.upsert_tags([{"name": "sword", "category": 0, "post_count": 10}])
+    p = make_provider("openai", "m", base_url=openai_server.url + "/v1", retry=_NoSleep())
+    rep = jobs.run_task(db, jobs.CATEGORIZE, p, ["sword"], batch_size=1, single_attempts=0)
+    attempts = len(openai_server.requests)
+    assert rep.failed == ["sword"] and attempts == 5
+    assert rep.usage.requests == attempts and rep.usage.prompt_tokens == 11 * attempts
+    assert rep.usage.completion_tokens == 7 * attempts
+    assert Ledger(db).usage("categorize")["prompt_tokens"] == 11 * attempts
+    db.close()

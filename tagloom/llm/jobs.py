@@ -226,8 +226,18 @@ def run_task(
         try:
             res = provider.chat_json(task.system, task.user_prompt(batch), schema, max_tokens=max_tokens)
         except LLMOutputError as e:
-            persist([], len(batch), None, error=str(e)[:300])
+            # answers that did not parse were still paid for: their tokens go into the ledger
+            with lock:
+                if e.usage:
+                    report.usage.add(e.usage)
+            persist([], len(batch), e.usage, error=str(e)[:300])
             return list(batch)
+        except LLMError as e:
+            if e.usage and e.usage.requests:
+                with lock:
+                    report.usage.add(e.usage)
+                persist([], len(batch), e.usage, error=str(e)[:300])
+            raise
         with lock:
             report.usage.add(res.usage)
         got = {canonical(k): v for k, v in res.data.items()} if isinstance(res.data, dict) else {}

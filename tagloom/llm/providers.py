@@ -34,7 +34,10 @@ MODES = ("json_schema", "json_object", "prompt")
 
 
 class LLMError(TagLoomError):
-    """The server could not be reached or kept failing after our retries."""
+    """The server could not be reached or kept failing after our retries. ``usage``: the tokens the
+    failed call still spent (answers that came back but did not parse)."""
+
+    usage: "Usage | None" = None
 
 
 class LLMOutputError(LLMError):
@@ -182,6 +185,9 @@ class Provider:
         """Ask for a JSON object matching ``schema``; retries and falls back as the module says."""
         attempt = 0
         last: Exception | None = None
+        # Every attempt's tokens count, failed ones too (an unparseable answer was still paid for):
+        # the result, or the error raised at the end, carries what this call spent in all.
+        spent = Usage()
         while True:
             mode = self.mode
             # The schema hint goes after the batch, so the system prompt stays an identical prefix
@@ -190,13 +196,14 @@ class Provider:
             messages = [{"role": "system", "content": system}, {"role": "user", "content": user_text}]
             try:
                 text, usage = self._call(mode, messages, schema, max_tokens)
+                spent.add(usage)
                 with self._lock:
                     self.usage.add(usage)
                 try:
                     data = extract_json(text)
                 except LLMOutputError as e:
                     raise _Retryable(str(e)) from None
-                return LLMResult(data=data, usage=usage, mode=mode, model=self.model, raw=text)
+                return LLMResult(data=data, usage=spent, mode=mode, model=self.model, raw=text)
             except _Unsupported as e:
                 with self._lock:
                     if MODES[self._mode_index] != mode:
@@ -205,7 +212,7 @@ class Provider:
                         self._mode_index += 1
                         log.info("%s: server rejected %s output (%s); falling back to %s", self, mode, e, self.mode)
                         continue
-                raise LLMError(f"{self}: the server rejected every output mode: {e}") from None
+                raise _with_usage(LLMError(f"{self}: the server rejected every output mode: {e}"), spent) from None
             except _Retryable as e:
                 last = e
                 if attempt + 1 >= self.retry.attempts:
@@ -215,8 +222,8 @@ class Provider:
                 self.retry.sleep(d)
                 attempt += 1
         if isinstance(last, _Retryable) and "not a JSON object" in str(last):
-            raise LLMOutputError(f"{self}: {last}")
-        raise LLMError(f"{self}: gave up after {self.retry.attempts} attempts: {last}")
+            raise _with_usage(LLMOutputError(f"{self}: {last}"), spent)
+        raise _with_usage(LLMError(f"{self}: gave up after {self.retry.attempts} attempts: {last}"), spent)
 
     def _call(self, mode: str, messages: list[dict], schema: dict, max_tokens: int | None) -> tuple[str, Usage]:
         raise NotImplementedError
@@ -371,6 +378,11 @@ class OllamaProvider(Provider):
             self._client.generate(model=self.model, prompt="", keep_alive=0)
         except Exception as e:  # unloading is best effort
             log.info("%s: unload failed: %s", self, e)
+
+
+def _with_usage(error: LLMError, usage: Usage) -> LLMError:
+    error.usage = usage  # what the failed call still cost (tokens of answers that did not parse)
+    return error
 
 
 def bound_strings(schema, max_length: int = 80):
