@@ -69,9 +69,14 @@ class _TagJobNode:
         if cls.TASK == "categorize":
             opt["first_pass"] = ("BOOLEAN", {"default": False, "tooltip": "free first pass from the nearest categorized tags"})
         opt["timeout"] = TIMEOUT_INPUT
+        if cls.TASK == "categorize":
+            opt["plan"] = (["tiers", "auto"], {"default": "tiers", "tooltip": (
+                "auto: the upper tiers ask the popular tags, the nearest labelled tags label what they are sure of, "
+                "the last tier asks the rest and re-asks unsure guesses")})
         return {"required": req, "optional": opt}
 
-    def run(self, provider, base_url, model, batch_size, concurrency, limit, tiers_file="", first_pass=False, timeout=120.0):
+    def run(self, provider, base_url, model, batch_size, concurrency, limit, tiers_file="", first_pass=False, timeout=120.0,
+            plan="tiers"):
         from tagloom.errors import CancelledError
         from tagloom.llm import jobs, pipeline
         from tagloom.llm.tiers import load_tiers
@@ -86,13 +91,34 @@ class _TagJobNode:
             tiers = [pipeline.single_tier(provider, model, base_url.strip() or None, batch_size, concurrency, timeout=timeout)]
         should_stop, progress, raise_if = _interrupt_hooks()
         with TagDB() as db:
-            planned = pipeline.plan(db, task, tiers, limit=limit or None)
             try:
-                summary = pipeline.run(db, task, planned, first_pass=first_pass, progress=progress, should_stop=should_stop)
+                if plan == "auto" and self.TASK == "categorize":
+                    summary = _run_auto(db, tiers, limit, progress, should_stop)
+                else:
+                    planned = pipeline.plan(db, task, tiers, limit=limit or None)
+                    summary = pipeline.run(db, task, planned, first_pass=first_pass, progress=progress, should_stop=should_stop)
             except CancelledError:
                 raise_if()
                 raise
         return (json.dumps(summary, ensure_ascii=False, indent=1),)
+
+
+def _run_auto(db, tiers, limit, progress, should_stop) -> dict:
+    from tagloom.llm import autoplan, coverage
+    from tagloom.llm.providers import make_provider
+
+    before = coverage.compute(db)
+    plan = autoplan.make_plan(db, tiers, limit=limit or None)
+    summary = autoplan.run(
+        db, plan,
+        lambda t: make_provider(t.provider, t.model, base_url=t.base_url, api_key_env=t.api_key_env,
+                                timeout=t.timeout, num_ctx=t.num_ctx),
+        progress=progress, should_stop=should_stop,
+    )
+    after = coverage.compute(db)
+    coverage.save_last_run(db, before, after)
+    summary["coverage"] = coverage.change_line(before["total"], after["total"])
+    return summary
 
 
 class TagLoomCategorizeTags(_TagJobNode):

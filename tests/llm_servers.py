@@ -166,7 +166,7 @@ class FaultProxy(_ThreadServer):
         super().__init__(**kw)
         self.upstream = upstream.rstrip("/")
         self.faults: list = []
-        self.log: list[dict] = []  # {"tags": [...], "fault": ..., "delivered": [...]}
+        self.log: list[dict] = []  # {"tags": [...], "fault": ..., "delivered": [...], "usage": {...}}
         self.api_keys_seen: set[str] = set()
         self.hold_after: int | None = None  # hold requests once this many answers were delivered
         self.holding = 0
@@ -230,6 +230,10 @@ class FaultProxy(_ThreadServer):
             data = b'{"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": "{\\"broken\\": tr'
             return web.Response(body=data, status=200, content_type="application/json")
         if status == 200 and entry["tags"]:
+            try:  # what the server billed for this answer (the client's ledger must hold exactly this)
+                entry["usage"] = json.loads(data).get("usage") or {}
+            except Exception:
+                entry["usage"] = {}
             try:
                 content = json.loads(json.loads(data)["choices"][0]["message"]["content"])
                 entry["content"] = content if isinstance(content, dict) else {}

@@ -26,7 +26,7 @@ def read_labels(path: str | Path) -> dict[str, str]:
                 if len(row) < 2:
                     raise InputFileError(path, f"line {lineno}: expected 'tag,main_category', got {row!r}")
                 tag, cat = row[0].strip(), row[1].strip().upper()
-                if lineno == 1 and tag.lower() == "tag":
+                if not labels and tag.lower() == "tag":  # the header, after any comment lines
                     continue
                 if cat not in CATEGORIES:
                     raise InputFileError(path, f"line {lineno}: unknown category {row[1]!r} (one of {', '.join(CATEGORIES)})")
@@ -58,6 +58,32 @@ def score(labels: dict[str, str], predictions: dict[str, str | None]) -> dict:
         per[c] = {"precision": p, "recall": r, "f1": f1, "support": tp + fn}
     macro = sum(v["f1"] for v in per.values()) / len(per) if per else 0.0
     return {"n": n, "accuracy": correct / n if n else 0.0, "macro_f1": macro, "missing": len(missing), "per_category": per}
+
+
+def confusion(labels: dict[str, str], predictions: dict[str, str | None]) -> dict[str, dict[str, int]]:
+    """{true category: {predicted category or "-" for none: count}} over the labelled tags."""
+    out: dict[str, dict[str, int]] = {}
+    for t, c in labels.items():
+        row = out.setdefault(c, {})
+        p = predictions.get(t) or "-"
+        row[p] = row.get(p, 0) + 1
+    return out
+
+
+def format_confusion(table: dict[str, dict[str, int]]) -> str:
+    """Rows: the true category; columns: what was predicted (abbreviated), ``-`` = no prediction."""
+    cols = [c for c in CATEGORIES if any(c in r for r in table.values())]
+    if any("-" in r for r in table.values()):
+        cols.append("-")
+    short = {c: c[:5] for c in cols}
+    lines = [f"{'true / predicted':<18} " + " ".join(f"{short[c]:>5}" for c in cols) + f" {'acc':>6}"]
+    for c in CATEGORIES:
+        if c not in table:
+            continue
+        row = table[c]
+        n = sum(row.values())
+        lines.append(f"{c:<18} " + " ".join(f"{row.get(k, 0) or '.':>5}" for k in cols) + f" {row.get(c, 0) / n:>6.1%}")
+    return "\n".join(lines)
 
 
 def predictions_from_db(db: TagDB, tags) -> dict[str, str | None]:

@@ -131,20 +131,3 @@ def run(
         summary["tiers"].append(d)
     return summary
 
-
-def coverage_by_tier(db: TagDB, tiers: list[Tier], danbooru_categories: tuple[int, ...] = (0,)) -> list[dict]:
-    """Per tier: tags in its post-count range and how many have a pack category (and from where)."""
-    tiers = sorted(tiers, key=lambda t: -t.min_posts)
-    out = []
-    upper = None
-    ph = ",".join("?" * len(danbooru_categories))
-    for t in tiers:
-        cond = f"category IN ({ph}) AND post_count >= ?" + (" AND post_count < ?" if upper is not None else "")
-        params = list(danbooru_categories) + [t.min_posts] + ([upper] if upper is not None else [])
-        with db._lock:
-            total, done, nn = db.conn.execute(
-                f"""SELECT COUNT(*), COUNT(main_category), SUM(category_source = 'neighbors') FROM tags WHERE {cond}""", params
-            ).fetchone()
-        out.append({"tier": t.name, "min_posts": t.min_posts, "tags": total, "categorized": done, "neighbors": nn or 0})
-        upper = t.min_posts
-    return out
