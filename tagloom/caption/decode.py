@@ -30,14 +30,13 @@ class Decoded:
 
 
 def decode_file(path: Path, size: int) -> Decoded:
-    """One file -> Decoded, through the tagger's own safe loader and wd-v3 geometry (so the pixels
-    are exactly the single-image path's). Never raises: a worker must not take the pool down."""
+    """One file -> Decoded, through the one image path (tagloom.images.load_square: the same
+    decoding, reduction hint and wd-v3 geometry as the single-image path and the trainers). Never
+    raises: a worker must not take the pool down."""
     try:
-        from tagloom.caption.model import square_pixels
-        from tagloom.tagger.images import load_image
+        from tagloom.images import load_square
 
-        # The same reduction hint as Tagger.preprocess_file, so huge JPEGs decode identically.
-        return Decoded(Path(path), square_pixels(load_image(path, max_side_hint=max(size * 2, 1024)), size))
+        return Decoded(Path(path), np.asarray(load_square(path, size), dtype=np.uint8))
     except Exception as e:  # noqa: BLE001 - every failure becomes a reported reason
         return Decoded(Path(path), None, _reason(e))
 

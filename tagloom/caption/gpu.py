@@ -8,7 +8,7 @@ On an H100, PIL on 16 processes decodes ~111 img/s of 1.5 MP JPEGs while nvjpeg 
    ``torchvision.io.decode_jpeg(list, device=cuda)``; if the batch call fails, one by one, and an image
    the GPU cannot decode falls back to the CPU path;
 3. everything else (PNG, WebP, CMYK, rotated or huge JPEGs, ...) goes through the CPU path, which is the
-   single-image path exactly (tagloom.tagger.images.load_image + the reference geometry);
+   single-image path exactly (tagloom.images.load_square: the one image path);
 4. each GPU image is centred on a white square and resized to the model's size with antialiased
    bicubic (a = -0.5, PIL's kernel), horizontal pass then vertical pass, each rounded to uint8 as PIL
    does: pixels agree with PIL's within one level (tests/test_caption_pipeline.py checks this on CPU).
@@ -165,7 +165,7 @@ class TorchDecoder:
         return batch, ok, failed
 
     def _decode_bytes(self, paths: list[Path], datas: list):
-        from tagloom.tagger.images import max_pixels
+        from tagloom.images import max_pixels
 
         torch = self._torch
         gpu_idx, cpu_idx = [], []

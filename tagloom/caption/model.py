@@ -22,7 +22,7 @@ def square_pixels(image, size: int) -> np.ndarray:
     """The wd-v3/JoyTag reference geometry (composite on white, centred white square, bicubic to
     `size`) as uint8 RGB (size, size, 3): the single-image preprocessing stopped before its float
     conversion, which is exact because PIL resizes in uint8."""
-    from tagloom.tagger.preprocess import square_resized
+    from tagloom.images import square_resized
 
     return np.asarray(square_resized(image, size), dtype=np.uint8)
 

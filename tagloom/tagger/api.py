@@ -70,7 +70,9 @@ class Tagger:
 
     def preprocess_file(self, path) -> np.ndarray:
         """An image file -> one model input; bad files raise InputFileError naming the file."""
-        return self.preprocess(load_image(path, max_side_hint=max(self.input_size * 2, 1024)))
+        from tagloom.images import draft_hint
+
+        return self.preprocess(load_image(path, max_side_hint=draft_hint(self.input_size)))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, ...) model inputs -> (N, L) float32 probabilities."""

@@ -17,43 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
+# The shared geometry (composite on white, centred white square, bicubic resize) lives in the one
+# image path, tagloom.images, which the trainers use too; re-exported here under the old names.
+from tagloom.images import composite_on_white, pad_square_white, square_resized  # noqa: F401
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def composite_on_white(img):
-    """RGBA (or any mode with alpha) -> RGB over white; RGB passes through."""
-    from PIL import Image
-
-    if img.mode == "RGB":
-        return img
-    rgba = img.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    canvas.alpha_composite(rgba)
-    return canvas.convert("RGB")
-
-
-def pad_square_white(img):
-    """Centre an RGB image on a white square whose side is the image's long side."""
-    from PIL import Image
-
-    w, h = img.size
-    side = max(w, h)
-    if w == h:
-        return img
-    square = Image.new("RGB", (side, side), (255, 255, 255))
-    square.paste(img, ((side - w) // 2, (side - h) // 2))
-    return square
-
-
-def square_resized(img, size: int):
-    """Composite, pad and bicubic-resize: the part both families share."""
-    from PIL import Image
-
-    square = pad_square_white(composite_on_white(img))
-    if square.size[0] != size:
-        square = square.resize((size, size), Image.BICUBIC)
-    return square
 
 
 def wd_preprocess(img, size: int) -> np.ndarray:
