@@ -114,6 +114,21 @@ def test_nodes_registered_without_key_inputs_and_run(comfy_pack, server, monkeyp
     assert [c["keep_alive"] for c in server.generate_calls] == [0, 0]
 
 
+def test_categorize_node_plan_auto(comfy_pack, server, monkeypatch):
+    """The node's appended `plan` input runs the four-step plan; its summary has each step and the
+    coverage change."""
+    db = TagDB()
+    _fill(db)
+    db.close()
+    spec = comfy_pack.NODE_CLASS_MAPPINGS["TagLoomCategorizeTags"].INPUT_TYPES()
+    assert list(spec["optional"])[-1] == "plan"  # appended last: saved workflows keep their widgets
+    (summary,) = comfy_pack.NODE_CLASS_MAPPINGS["TagLoomCategorizeTags"]().run(
+        "ollama", server.url, "m", 50, 1, 0, "", False, 120.0, "auto")
+    s = json.loads(summary)
+    assert s["plan"] == "auto" and [t["step"] for t in s["tiers"]] == ["1 popular", "3 rest", "4 re-ask"]
+    assert s["coverage"].startswith("coverage: 57.1% -> 100.0% by count")  # 3 of 7 general tags were pending
+
+
 def test_categorize_node_stops_on_cancel(comfy_pack, comfy, server):
     import comfy_stub
 

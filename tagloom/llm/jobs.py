@@ -17,7 +17,7 @@ from typing import Callable
 
 from tagloom.errors import CancelledError
 from tagloom.llm import categories as cats
-from tagloom.llm.providers import LLMError, LLMOutputError, Provider, Usage
+from tagloom.llm.providers import FREE_STRING_MAX, LLMError, LLMOutputError, Provider, Usage
 from tagloom.tags.db import TagDB, canonical
 from tagloom.tags.llm_ledger import Ledger
 
@@ -221,8 +221,9 @@ def run_task(
     def ask(batch: list[str]) -> list[str]:
         """One request; returns the tags that need to be asked again alone."""
         schema = _keyed(task, batch)
-        # a cap, not a cost: twice the expected answer, so a verbose model is not cut mid-JSON
-        max_tokens = 64 + 2 * task.out_tokens_per_tag * len(batch)
+        # a cap, not a cost: twice the expected answer plus a whole bounded reason per tag (a tiny
+        # model fills it with one token per character), so a verbose model is not cut mid-JSON
+        max_tokens = 64 + (2 * task.out_tokens_per_tag + FREE_STRING_MAX) * len(batch)
         try:
             res = provider.chat_json(task.system, task.user_prompt(batch), schema, max_tokens=max_tokens)
         except LLMOutputError as e:

@@ -27,21 +27,11 @@ from typing import Any, Callable
 
 from tagloom import config
 from tagloom.errors import TagLoomError
+from tagloom.llm.errors import LLMError, LLMOutputError  # noqa: F401 (defined there for the registry; importable from here)
 
 log = logging.getLogger(__name__)
 
 MODES = ("json_schema", "json_object", "prompt")
-
-
-class LLMError(TagLoomError):
-    """The server could not be reached or kept failing after our retries. ``usage``: the tokens the
-    failed call still spent (answers that came back but did not parse)."""
-
-    usage: "Usage | None" = None
-
-
-class LLMOutputError(LLMError):
-    """The model's answer was not the JSON object we asked for."""
 
 
 @dataclass
@@ -385,7 +375,11 @@ def _with_usage(error: LLMError, usage: Usage) -> LLMError:
     return error
 
 
-def bound_strings(schema, max_length: int = 80):
+# Characters a grammar-constrained server lets a free string (a reason) take; see bound_strings.
+FREE_STRING_MAX = 80
+
+
+def bound_strings(schema, max_length: int = FREE_STRING_MAX):
     """A copy of ``schema`` where every free string (no enum, no maxLength) has ``maxLength``."""
     if isinstance(schema, dict):
         out = {k: bound_strings(v, max_length) for k, v in schema.items()}
