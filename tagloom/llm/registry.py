@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from tagloom.llm.errors import LLMError
+
 OPENAI_URL = "https://api.openai.com/v1"
 # Hosts whose server is OpenAI's own: the only ones OPENAI_API_KEY is sent to by default.
 OPENAI_HOSTS = {"api.openai.com"}
@@ -57,8 +59,6 @@ NAMES = list(PROVIDERS)  # ollama first: the default
 
 
 def get(name: str | None) -> ProviderInfo:
-    from tagloom.llm.providers import LLMError
-
     info = PROVIDERS.get((name or "ollama").lower())
     if info is None:
         raise LLMError(f"unknown provider {name!r}: use one of {', '.join(NAMES)}")
