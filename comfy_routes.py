@@ -20,6 +20,10 @@ def _register() -> None:
     from tagloom.server import add_routes
 
     add_routes(instance.routes)
+    # Load the tag search now, on a thread of its own, rather than on the first popup's query.
+    from tagloom.search.engine import warm_up
+
+    warm_up()
 
 
 _register()

@@ -60,6 +60,11 @@ def on_app_started(_demo, app) -> None:
             log.exception("tagloom autocomplete failed for %r", query)
             return JSONResponse({"error": f"search failed: {type(e).__name__}"}, status_code=500)
 
+    # Load the tag search now, on a thread of its own, rather than on the first popup's query.
+    from tagloom.search.engine import warm_up
+
+    warm_up()
+
 
 def on_ui_settings() -> None:
     import gradio as gr

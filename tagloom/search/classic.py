@@ -74,6 +74,20 @@ class ClassicIndex:
     def __len__(self) -> int:
         return len(self.direct.keys) + len(self.words.keys)
 
+    # --- persistence (tagloom/search/persist.py writes these to a file beside the database) -------
+    def export(self) -> dict:
+        """Everything ``restore`` needs to rebuild an equal index without sorting or normalising."""
+        return {"direct": self.direct.export(), "words": self.words.export(), "alphabet": self.alphabet}
+
+    @classmethod
+    def restore(cls, post_counts: np.ndarray, data: dict) -> "ClassicIndex":
+        self = cls.__new__(cls)
+        self.post_count = np.asarray(post_counts, dtype=np.int64)
+        self.direct = _Table.restore(data["direct"], self.post_count)
+        self.words = _Table.restore(data["words"], self.post_count)
+        self.alphabet = list(data["alphabet"])
+        return self
+
     def search(self, query: str, limit: int = 10, fuzzy: bool = True) -> list[Hit]:
         """Hits in display order: exact matches, prefix (name or alias) by post count, word starts,
         then — only when those leave room — edit-distance-1 prefix matches."""
@@ -160,6 +174,27 @@ class _Table:
             lo, hi = self.range(p)
             if hi - lo > self.SHORT_TOP:
                 self.short[p] = self._top(lo, hi, self.SHORT_TOP)
+
+    def export(self) -> dict:
+        short_keys = sorted(self.short)
+        short_pos = np.array([self.short[k] for k in short_keys], dtype=np.int32).reshape(len(short_keys), self.SHORT_TOP)
+        return {"keys": self.keys, "kind": self.kind, "tag": self.tag, "short_keys": short_keys, "short_pos": short_pos}
+
+    @classmethod
+    def restore(cls, data: dict, post_count: np.ndarray) -> "_Table":
+        self = cls.__new__(cls)
+        self.keys = data["keys"]
+        self.kind = np.asarray(data["kind"], dtype=np.int8)
+        self.tag = np.asarray(data["tag"], dtype=np.int32)
+        n = len(self.keys)
+        if len(self.kind) != n or len(self.tag) != n or (n and int(self.tag.max()) >= len(post_count)):
+            raise ValueError("classic table arrays do not match")
+        self.key_pc = post_count[self.tag] if n else np.zeros(0, np.int64)
+        short_pos = np.asarray(data["short_pos"])
+        if short_pos.shape != (len(data["short_keys"]), cls.SHORT_TOP) or (short_pos.size and int(short_pos.max()) >= n):
+            raise ValueError("classic table short lists do not match")
+        self.short = dict(zip(data["short_keys"], short_pos.tolist()))
+        return self
 
     def range(self, prefix: str) -> tuple[int, int]:
         lo = bisect.bisect_left(self.keys, prefix)

@@ -5,19 +5,29 @@ One engine per database file is cached for the process. Each call checks SQLite'
 ``PRAGMA data_version`` (it moves when any other connection commits) and the index's stamp file, so
 an import or an index build in another thread or process is picked up on the next query without
 re-reading anything when nothing changed.
+
+The tag snapshot (names, aliases, translations and the classic index over them) persists beside the
+database (``persist.py``), keyed on the database's change counter: a host start loads it instead of
+building it, and a commit that changes nothing completion reads (a description, the meta table)
+keeps the snapshot in memory. Hosts call ``warm_up()`` when they start, so the first popup does not
+wait for even that.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
+from tagloom import caches
+from tagloom.search import persist
 from tagloom.search import settings as search_settings
 from tagloom.search.classic import ALIAS, KIND_REASON, NAME, TRANSLATION, ClassicIndex
 from tagloom.tags.db import DANBOORU_CATEGORIES, TagDB, default_path
@@ -36,6 +46,8 @@ W_COLBERT = 0.7
 SEMANTIC_ON_LITERAL = 0.25
 W_POP = 0.15
 SEMANTIC_SLOTS = 3
+
+log = logging.getLogger("tagloom")
 
 class _Tags:
     """One immutable snapshot of the tags and the classic index. A reload builds a new snapshot and
@@ -64,6 +76,30 @@ class _Tags:
                                     [[t for ts in d.values() for t in ts] for d in self.translations])
         self.log_max = math.log1p(int(self.post_count.max())) if rows else 1.0
 
+    def export(self) -> dict:
+        """What ``restore`` needs (persist.py writes it beside the database)."""
+        return {"ids": self.ids, "post_count": self.post_count, "names": self.names, "category": self.category,
+                "main_category": self.main_category, "translations": self.translations,
+                "classic": self.classic.export()}
+
+    @classmethod
+    def restore(cls, data: dict) -> "_Tags":
+        self = cls.__new__(cls)
+        self.ids = np.asarray(data["ids"], dtype=np.int64)
+        self.names = data["names"]
+        self.category = data["category"]
+        self.post_count = np.asarray(data["post_count"], dtype=np.int64)
+        self.main_category = data["main_category"]
+        self.translations = data["translations"]
+        n = len(self.names)
+        if not (len(self.ids) == len(self.category) == len(self.post_count) == len(self.main_category)
+                == len(self.translations) == n):
+            raise ValueError("tag arrays do not match")
+        self.row_of = dict(zip(self.ids.tolist(), range(n)))
+        self.classic = ClassicIndex.restore(self.post_count, data["classic"])
+        self.log_max = math.log1p(int(self.post_count.max())) if n else 1.0
+        return self
+
     def pop(self, row: int) -> float:
         return math.log1p(int(self.post_count[row])) / self.log_max
 
@@ -89,15 +125,42 @@ class Engine:
         TagDB(self.db_path).close()  # creates the file and schema when new
         self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, timeout=30)
         self._version = None
+        self._stamp = None  # persist.db_stamp of the loaded snapshot
+        self.source: str | None = None  # "built" or "persisted": where the current snapshot came from
         # embedder spec -> (stamp, Event set once loaded, SemanticIndex | load error | None)
         self._semantic: dict[str | None, tuple] = {}
         self.state: _Tags
         self._load()
 
     def _load(self) -> None:
-        version = self._data_version()
-        self.state = _Tags(self._conn)
-        self._version = version
+        conn = self._conn
+        built = False
+        # Hundreds of thousands of new objects: without this the cyclic GC rescans them several times.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        conn.execute("BEGIN")  # one read snapshot: the data version, the stamp and the rows agree
+        try:
+            version = self._data_version()
+            stamp = persist.db_stamp(conn)
+            if stamp is not None and stamp == self._stamp:
+                # a commit that touched nothing completion reads (a description, the meta table)
+                self._version = version
+                return
+            state = persist.load(self.db_path, stamp, _Tags.restore) if stamp is not None else None
+            if state is None:
+                state = _Tags(conn)
+                built = True
+        finally:
+            conn.commit()
+            if gc_was_enabled:
+                gc.enable()
+        if built:
+            persist.STATS["built"] += 1
+            if stamp is not None:
+                persist.save(self.db_path, stamp, state.export())
+        self.state = state
+        self.source = "built" if built else "persisted"
+        self._version, self._stamp = version, stamp
         # The index is hundreds of thousands of long-lived objects: keep them out of the cyclic
         # GC's generations, whose full scans otherwise add multi-ms pauses to queries.
         gc.freeze()
@@ -259,6 +322,36 @@ def get_engine(db_path: str | Path | None = None) -> Engine:
         return engine
 
 
-def clear_cache() -> None:
+def clear_cache() -> int:
+    """Drop every engine (the next query loads its database's snapshot again); returns how many."""
     with _ENGINES_LOCK:
+        n = len(_ENGINES)
         _ENGINES.clear()
+    return n
+
+
+caches.register("search engines", clear_cache)
+
+
+def warm_up(db_path: str | Path | None = None) -> threading.Thread | None:
+    """Load the engine for a database on a background thread; the hosts call this when they start
+    (ComfyUI when the pack registers its routes, the WebUI in ``on_app_started``), so the first popup
+    does not wait for the tag snapshot. Nothing happens when the database does not exist yet (the
+    first query then creates it). Returns the thread (tests join it)."""
+    path = Path(db_path) if db_path else default_path()
+    if not path.is_file():
+        return None
+
+    def run() -> None:
+        t = time.perf_counter()
+        try:
+            engine = get_engine(path)
+        except Exception:  # noqa: BLE001 - the first query will try again and report it
+            log.exception("tagloom: warming up the tag search for %s failed", path)
+            return
+        log.info("tagloom: tag search ready: %s tags %s in %.2f s", f"{engine.tag_count:,}",
+                 "loaded" if engine.source == "persisted" else "indexed", time.perf_counter() - t)
+
+    thread = threading.Thread(target=run, daemon=True, name="tagloom-search-warmup")
+    thread.start()
+    return thread

@@ -9,6 +9,12 @@ version and the time, so a run can resume and never re-ask for a tag already ans
 
 ``changed_at`` moves whenever anything the search index embeds changes (name, aliases,
 translations, description, categories), so the index rebuilds only those tags.
+
+``content_version.n`` is a change counter kept by triggers (so it moves for any writer, the sqlite3
+shell included): every insert or delete of a tag, alias or translation and every update that changes
+what completion reads (name, category, post count, pack category; not descriptions) adds one. The
+search engine keys the tag snapshot it persists beside the database on it and on the random
+``database_id`` in ``meta`` (tagloom/search/persist.py).
 """
 
 from __future__ import annotations
@@ -53,6 +59,29 @@ CREATE TABLE IF NOT EXISTS translations (
     PRIMARY KEY (tag_id, lang, text)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS content_version (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+INSERT OR IGNORE INTO content_version(id, n) VALUES (1, 0);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('database_id', lower(hex(randomblob(16))));
+CREATE TRIGGER IF NOT EXISTS tags_insert_version AFTER INSERT ON tags
+    BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS tags_update_version AFTER UPDATE OF id, name, category, post_count, main_category ON tags
+    WHEN OLD.id IS NOT NEW.id OR OLD.name IS NOT NEW.name OR OLD.category IS NOT NEW.category
+      OR OLD.post_count IS NOT NEW.post_count OR OLD.main_category IS NOT NEW.main_category
+    BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS tags_delete_version AFTER DELETE ON tags
+    BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS aliases_insert_version AFTER INSERT ON aliases
+    BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS aliases_update_version AFTER UPDATE ON aliases
+    BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS aliases_delete_version AFTER DELETE ON aliases
+    BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS translations_insert_version AFTER INSERT ON translations
+    BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS translations_update_version AFTER UPDATE ON translations
+    BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS translations_delete_version AFTER DELETE ON translations
+    BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
 """
 
 
