@@ -6,6 +6,7 @@
 - engines.py  batched ONNX Runtime / torch engines (bf16, torch.compile, ORT CUDA)
 - model.py    the tagger model as the job sees it (labels, thresholds, interpretation from tagloom.tagger)
 - writers.py  .txt/.json beside each image or one JSONL, and resuming a killed job
+- plan.py     what the local and Ray engines share: device, model and decoder plan, predict, write
 - job.py      CaptionJob, the overlapped local pipeline, the summary
 - ray_engine.py  the same job on a Ray cluster
 

@@ -8,12 +8,12 @@ The local pipeline overlaps its three stages:
 so files are read and decoded while the model runs, and captions are written while the next batch
 runs. Every image ends up done, skipped (its caption was already there) or failed with a reason;
 nothing that fails stops the run. The same job runs on a Ray cluster with `engine="ray"`
-(tagloom.caption.ray_engine), writing the same outputs.
+(tagloom.caption.ray_engine), writing the same outputs; what both share (the plan, the predict
+step, writing a batch) is in tagloom.caption.plan.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import queue
 import threading
 import time
@@ -24,7 +24,18 @@ from typing import Callable
 import numpy as np
 
 from tagloom.caption.files import duplicate_stems, list_images, relative_name
-from tagloom.caption.model import CaptionModel, ModelChoice
+from tagloom.caption.model import ModelChoice
+# The plan and the predict step are shared with the Ray engine; they are re-exported here under
+# their old names (tests and callers import them from this module).
+from tagloom.caption.plan import (  # noqa: F401
+    _ort_has_cuda,
+    _torch_stack_available,
+    choose_decoder,
+    plan_model,
+    predict as _predict,
+    resolve_device,
+    write_captions,
+)
 from tagloom.errors import TagLoomError
 
 DECODERS = ("auto", "cpu", "gpu")
@@ -109,61 +120,6 @@ class Progress:
 
     def close(self) -> None:
         pass
-
-
-def resolve_device(device: str) -> str:
-    device = (device or "auto").lower()
-    if device == "auto":
-        if importlib.util.find_spec("torch") is not None:
-            import torch
-
-            if torch.cuda.is_available():
-                return "cuda"
-        return "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise TagLoomError(f"device must be auto, cpu or cuda, got {device!r}")
-    return device
-
-
-def _ort_has_cuda() -> bool:
-    try:
-        import onnxruntime as ort
-
-        return "CUDAExecutionProvider" in ort.get_available_providers()
-    except ImportError:
-        return False
-
-
-def _torch_stack_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "timm", "torchvision"))
-
-
-def plan_model(job: CaptionJob, device: str) -> CaptionModel:
-    """Open the model. On CUDA an 'auto' backend prefers torch: bf16 weights, torch.compile and
-    pixels decoded on the GPU are where the GPU speed comes from, while the ONNX export runs in
-    float32 (and on the CPU without onnxruntime-gpu). For a known hub model this fetches its
-    model.safetensors + config.json on first use, beside an ONNX copy already there. Models the
-    torch backend cannot run (JoyTag, an ONNX-only folder, offline without the torch files) run
-    on ONNX as before."""
-    if job.model.backend == "auto" and device.startswith("cuda") and _torch_stack_available():
-        try:
-            return CaptionModel.open(job.model, backend="torch")
-        except TagLoomError:
-            pass
-    return CaptionModel.open(job.model)
-
-
-def choose_decoder(decode: str, device: str, backend: str, family: str) -> str:
-    """'gpu' or 'cpu'. 'auto' decodes on the GPU whenever the engine takes pixels that lie there:
-    the torch backend, and wd-layout ONNX models through IO binding. JoyTag's ONNX input is
-    normalised on the host, so its pixels are decoded there too; without torchvision (an ONNX-only
-    install) the CPU decodes."""
-    if decode != "auto":
-        return decode
-    if not device.startswith("cuda") or not (backend == "torch" or family == "wd"):
-        return "cpu"
-    has_torchvision = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchvision"))
-    return "gpu" if has_torchvision else "cpu"
 
 
 def select_images(job: CaptionJob, sink) -> tuple[list[Path], int, list[tuple[str, str]], int]:
@@ -404,46 +360,3 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
                 pass
         writer.join(timeout=30)
         engine.close()
-
-
-def write_captions(model: CaptionModel, sink, root: Path, paths, rows) -> tuple[int, list[tuple[Path, str]]]:
-    """One batch of model rows -> caption files: (how many were written, [(image, reason)] for the
-    rest). A row of None (the model failed on that image, already reported) is skipped. Only a
-    sink that cannot be flushed at all (the JSONL file's disk) raises, ending the job."""
-    items, failed = [], []
-    for path, row in zip(paths, rows if rows is not None else []):
-        if row is None:
-            continue
-        try:
-            items.append((path, model.interpret(row, file=relative_name(Path(path), root))))
-        except Exception as e:  # noqa: BLE001 - never let one image stop the run
-            failed.append((path, f"{type(e).__name__}: {e}"))
-    unwritten = sink.write_batch(items)
-    failed += [(path, f"cannot write its caption: {e}") for path, e in unwritten]
-    try:
-        sink.flush()
-    except OSError as e:
-        raise TagLoomError(f"cannot write {sink.describe()}: {e}") from e
-    return len(items) - len(unwritten), failed
-
-
-def _predict(engine, pixels, paths, failed):
-    """One batch through the engine. If the batch fails, images go one by one so that a single
-    problem image (or an out-of-memory batch) costs only its own caption."""
-    try:
-        return engine.predict(pixels)
-    except Exception as e:  # noqa: BLE001
-        # Retry outside the except block and without the traceback: its frames hold the failed
-        # call's tensors (on CUDA the whole batch's activations after an out-of-memory error), so
-        # retrying inside would keep that memory taken and run out again on every single image.
-        batch_error = e.with_traceback(None)
-    out = []
-    for i, path in enumerate(paths):
-        try:
-            out.append(engine.predict(pixels[i : i + 1])[0])
-        except Exception as e:  # noqa: BLE001
-            failed.append((path, f"the model failed on it: {e}"))
-            out.append(None)
-    if all(p is None for p in out) and len(paths) > 1:
-        raise TagLoomError(f"the model fails on every image of a batch: {batch_error}") from batch_error
-    return out

@@ -23,6 +23,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from tagloom.caption.files import relative_name
+from tagloom.caption.plan import choose_decoder, plan_model, predict, write_captions
 from tagloom.errors import TagLoomError
 
 
@@ -75,8 +77,6 @@ class CaptionActor:
             self.decoder = TorchDecoder(size, device, workers=4)
 
     def __call__(self, batch: dict) -> dict:
-        from tagloom.caption.job import _predict
-
         paths = [str(p) for p in batch["path"]]
         errors = [str(e) for e in batch["error"]]
         probs = np.zeros((len(paths), self.n_labels), np.float32)
@@ -93,7 +93,7 @@ class CaptionActor:
             pixels = batch["pixels"][rows] if rows else None
         if rows:
             failed: list = []
-            out = _predict(self.engine, pixels, [paths[i] for i in rows], failed)
+            out = predict(self.engine, pixels, [paths[i] for i in rows], failed)
             for i, row in zip(rows, out):
                 if row is not None:
                     probs[i] = row
@@ -124,8 +124,6 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
         import ray.data
     except ImportError as e:
         raise TagLoomError("--engine ray needs Ray: pip install 'ray[data]'") from e
-    from tagloom.caption.files import relative_name
-    from tagloom.caption.job import choose_decoder, plan_model, write_captions
 
     import time
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tagloom.errors import InputFileError, TagLoomError
+from tagloom.search import settings
 
 STORES = ("auto", "chroma", "numpy")
 
@@ -35,8 +36,6 @@ def chroma_importable() -> bool:
 
 def resolve_store(name: str | None = None) -> str:
     """The store a build uses: the ``search_store`` setting (or ``name``), with auto resolved."""
-    from tagloom.search import settings
-
     name = str(name or settings.get("search_store") or "auto").strip().lower()
     if name not in STORES:
         raise TagLoomError(f"search_store must be one of {', '.join(STORES)}, got {name!r}")
@@ -48,6 +47,37 @@ def resolve_store(name: str | None = None) -> str:
         raise TagLoomError("search_store is 'chroma' (or chroma_host is set), but chromadb cannot be imported here; "
                            "install chromadb or set search_store = numpy")
     return "numpy"
+
+
+_CLIENTS: dict[str, object] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def chroma_collection(folder: Path, name: str, create: bool = True):
+    """The dense-vector collection: embedded PersistentClient in ``folder``, or HttpClient by setting."""
+    import chromadb
+
+    host = settings.get("chroma_host")
+    key = f"http://{host}:{settings.get('chroma_port')}" if host else str(folder.resolve())
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            try:
+                if host:
+                    client = chromadb.HttpClient(host=host, port=int(settings.get("chroma_port")))
+                else:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    client = chromadb.PersistentClient(path=str(folder))
+            except Exception as e:
+                raise TagLoomError(f"cannot open chromadb at {key}: {e}") from e
+            _CLIENTS[key] = client
+    try:
+        if create:
+            # embedding_function=None: we always pass vectors, and chromadb must never fetch a model.
+            return client.get_or_create_collection(name, embedding_function=None, metadata={"hnsw:space": "cosine"})
+        return client.get_collection(name, embedding_function=None)
+    except Exception as e:
+        raise TagLoomError(f"chromadb collection {name!r} at {key}: {e}") from e
 
 
 class NumpyStore:
@@ -166,6 +196,4 @@ def dense_store(folder: Path, store: str, name: str, dim: int, create: bool = Tr
     if not chroma_importable():
         raise TagLoomError(f"the semantic index in {folder} was built with chromadb, which cannot be imported here; "
                            "rebuild it with the setting search_store = numpy (tagloom index build)")
-    from tagloom.search.semantic import chroma_collection
-
     return chroma_collection(folder / "chroma", name, create=create)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tagloom.errors import TagLoomError
-from tagloom.search import settings
+from tagloom.search.dense import chroma_collection, dense_store  # noqa: F401 (chroma_collection: re-exported)
 
 INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT);
@@ -66,37 +66,6 @@ def collection_name(db_path, slug: str) -> str:
     return f"tagloom-{slug}-{digest}"[:500]
 
 
-_CLIENTS: dict[str, object] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def chroma_collection(folder: Path, name: str, create: bool = True):
-    """The dense-vector collection: embedded PersistentClient in ``folder``, or HttpClient by setting."""
-    import chromadb
-
-    host = settings.get("chroma_host")
-    key = f"http://{host}:{settings.get('chroma_port')}" if host else str(folder.resolve())
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            try:
-                if host:
-                    client = chromadb.HttpClient(host=host, port=int(settings.get("chroma_port")))
-                else:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    client = chromadb.PersistentClient(path=str(folder))
-            except Exception as e:
-                raise TagLoomError(f"cannot open chromadb at {key}: {e}") from e
-            _CLIENTS[key] = client
-    try:
-        if create:
-            # embedding_function=None: we always pass vectors, and chromadb must never fetch a model.
-            return client.get_or_create_collection(name, embedding_function=None, metadata={"hnsw:space": "cosine"})
-        return client.get_collection(name, embedding_function=None)
-    except Exception as e:
-        raise TagLoomError(f"chromadb collection {name!r} at {key}: {e}") from e
-
-
 def open_index_db(folder: Path) -> sqlite3.Connection:
     folder.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(folder / "index.sqlite"), check_same_thread=False, timeout=30)
@@ -130,7 +99,6 @@ class SemanticIndex:
     """A built index, opened for querying (one per engine; thread-safe)."""
 
     def __init__(self, db_path, embedder_spec: str | None, folder: Path):
-        from tagloom.search.dense import dense_store
         from tagloom.search.embedders import get_embedder
 
         self.db_path = Path(db_path)
