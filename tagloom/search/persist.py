@@ -57,10 +57,11 @@ def code_fingerprint() -> str:
     """Hash of the source files that decide what the snapshot holds (read once per process)."""
     global _code
     if _code is None:
-        from tagloom.search import classic, engine
-
+        # The files beside this one, read rather than imported: engine imports this module, and an
+        # import back (even inside a function) would be an import circle (docs/development.md).
+        here = Path(__file__)
         h = hashlib.sha256()
-        for module_file in (classic.__file__, engine.__file__, __file__):
+        for module_file in (here.with_name("classic.py"), here.with_name("engine.py"), here):
             try:
                 h.update(Path(module_file).read_bytes())
             except OSError:  # installed without sources: FORMAT_VERSION alone decides
