@@ -6,7 +6,7 @@
                                                     # built from training/lora/configs/sd15
     .venv/bin/python bench/train.py --preset gpu --compile --channels-last
 
-Tagger rows time the trainer's step (training.tagger: timm model, autocast, loss, backward, clip,
+Tagger rows time the trainer's step (tagloom.training.tagger: timm model, autocast, loss, backward, clip,
 optimizer) on a fixed synthetic batch, after warm-up: the model's cost without image decoding (the
 trainer decodes in DataLoader workers in parallel). LoRA rows time LoraTrainer.train_step (peft
 adapters, cached latents, text encoding, min-SNR) on a synthetic dataset, after warm-up.
@@ -32,9 +32,9 @@ def bench_tagger(model_name, image_size, batch, precision, device, steps, warmup
     import torch
     from timm.optim import create_optimizer_v2
 
-    from training.tagger.losses import make_loss
-    from training.tagger.options import TaggerOptions
-    from training.tagger.train import _autocast, create_network
+    from tagloom.training.tagger.losses import make_loss
+    from tagloom.training.tagger.options import TaggerOptions
+    from tagloom.training.tagger.train import _autocast, create_network
 
     _reset_peak(device)
     opts = TaggerOptions(dataset=Path("."), out=Path("."), model_name=model_name, resolution=image_size,
@@ -101,7 +101,7 @@ def random_sd15(device):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from training.lora.base import CONFIGS, Base
+    from tagloom.training.lora.base import CONFIGS, Base
 
     d = CONFIGS / "sd15"
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(d, subfolder="unet"))
@@ -116,8 +116,8 @@ def bench_lora(preset, device, batch, resolution, rank, steps, warmup, precision
     from tiny_sd import make_tiny_sd
     from train_data import make_dataset
 
-    from training.lora.options import LoraOptions
-    from training.lora.train import LoraTrainer
+    from tagloom.training.lora.options import LoraOptions
+    from tagloom.training.lora.train import LoraTrainer
 
     _reset_peak(device)
     ds = Path(tmp) / "lora_ds"
@@ -125,7 +125,7 @@ def bench_lora(preset, device, batch, resolution, rank, steps, warmup, precision
     if preset == "gpu":
         base, label = random_sd15(device), "SD1.5 UNet 860M (random)"
     else:
-        from training.lora.base import load_base
+        from tagloom.training.lora.base import load_base
 
         base, label = load_base(make_tiny_sd(Path(tmp) / "tiny_sd")), "tiny SD UNet (4,8)"
     opts = LoraOptions(dataset=ds, base="", out=str(Path(tmp) / "bench.safetensors"), rank=rank, batch_size=batch,

@@ -65,7 +65,7 @@ def build_args(mode, dataset, output_name, base_model, epochs, steps, batch_size
     from tagloom import config
     from tagloom.errors import InputFileError, TagLoomError
     from tagloom.options import flag
-    from training.lora.train import output_path
+    from tagloom.training.lora.train import output_path
 
     name = _check_name(output_name)
     ds = Path(dataset.strip()).expanduser()
@@ -81,7 +81,7 @@ def build_args(mode, dataset, output_name, base_model, epochs, steps, batch_size
     extra = shlex.split(extra_args or "")
     if mode == "tagger":
         out = config.models_dir() / name
-        from training.tagger.options import TaggerOptions as T
+        from tagloom.training.tagger.options import TaggerOptions as T
 
         args = ["tagger", str(ds), flag(T, "out"), str(out), flag(T, "model_name"), model_name,
                 flag(T, "epochs"), str(epochs), flag(T, "batch_size"), str(batch_size), flag(T, "lr"), str(learning_rate)]
@@ -91,9 +91,9 @@ def build_args(mode, dataset, output_name, base_model, epochs, steps, batch_size
         if not base_model:
             raise TagLoomError("base_model: choose a checkpoint from models/checkpoints to train a LoRA on")
         out = output_path(name)
-        from training.lora.base import resolve_checkpoint
+        from tagloom.training.lora.base import resolve_checkpoint
 
-        from training.lora.options import LoraOptions as L
+        from tagloom.training.lora.options import LoraOptions as L
 
         args = ["lora", str(ds), flag(L, "base"), str(resolve_checkpoint(base_model)), flag(L, "out"), str(out),
                 flag(L, "rank"), str(rank), flag(L, "epochs"), str(epochs), flag(L, "batch_size"), str(batch_size),
@@ -160,7 +160,7 @@ class TagLoomTrain:
         import comfy.model_management as mm
         import comfy.utils
 
-        from training.launcher import TrainingRun
+        from tagloom.training.launcher import TrainingRun
 
         from tagloom.errors import TagLoomError
 

@@ -21,7 +21,7 @@ def main(out: str) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from tiny_sd import single_file_state
-    from training.lora.base import CONFIGS
+    from tagloom.training.lora.base import CONFIGS
 
     torch.manual_seed(0)
     d = CONFIGS / "sd15"

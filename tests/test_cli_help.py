@@ -40,7 +40,7 @@ def test_train_help_shows_defaults_and_unified_words():
     assert lora.precision == "no" and lora.gradient_checkpointing  # the old words still work
     tagger = parser.parse_args(["train", "tagger", "ds", "--out", "o", "--image-size", "64", "--model-args", '{"a": 1}'])
     assert tagger.resolution == 64
-    from training.tagger.options import from_args
+    from tagloom.training.tagger.options import from_args
 
     assert from_args(tagger).model_args == {"a": 1} and from_args(tagger).image_size == 64
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
@@ -50,8 +50,8 @@ def test_train_help_shows_defaults_and_unified_words():
 
 def test_node_flags_come_from_the_declaration():
     from tagloom.options import flag
-    from training.lora.options import LoraOptions
-    from training.tagger.options import TaggerOptions
+    from tagloom.training.lora.options import LoraOptions
+    from tagloom.training.tagger.options import TaggerOptions
 
     assert flag(LoraOptions, "batch_size") == "--batch-size" and flag(LoraOptions, "buckets") == "--no-buckets"
     assert flag(TaggerOptions, "resolution") == "--resolution" and flag(TaggerOptions, "onnx") == "--no-onnx"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from train_data import make_dataset
-from training.data import prepare as prep
-from training.data.dataset import repeats_for, scan
+from tagloom.training.data import prepare as prep
+from tagloom.training.data.dataset import repeats_for, scan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,7 +188,7 @@ def unused_port_server():
 
 
 def test_fetch_danbooru_skips_resumes_and_rate_limits(tmp_path, booru, monkeypatch):
-    from training.data.danbooru import FetchOptions, fetch
+    from tagloom.training.data.danbooru import FetchOptions, fetch
 
     monkeypatch.setenv("DANBOORU_LOGIN", "alice")
     monkeypatch.setenv("DANBOORU_API_KEY", "s3cret")
@@ -222,7 +222,7 @@ def test_fetch_danbooru_skips_resumes_and_rate_limits(tmp_path, booru, monkeypat
 
 def test_fetch_danbooru_dead_server_is_a_clear_error(tmp_path):
     from tagloom.errors import TagLoomError
-    from training.data.danbooru import FetchOptions, fetch
+    from tagloom.training.data.danbooru import FetchOptions, fetch
 
     opts = FetchOptions(tags="x", limit=1, out=tmp_path / "ds", base_url="http://127.0.0.1:9", rate=100, retries=1)
     with pytest.raises(TagLoomError, match="127.0.0.1:9"):

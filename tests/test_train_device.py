@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 
 
 def _lora_opts(tiny, out, **kw):
-    from training.lora.options import LoraOptions
+    from tagloom.training.lora.options import LoraOptions
 
     base = dict(dataset=tiny["ds"], base=str(tiny["sd"]), out=str(out), rank=2, steps=2, batch_size=1, resolution=32,
                 bucket_step=8, min_snr_gamma=5.0, noise_offset=0.05, device="cpu")
@@ -34,7 +34,7 @@ def test_cuda_device_without_index_is_the_local_rank():
     """`--device cuda` (and auto) must name this process's GPU: torch.cuda.set_device rejects an
     index-less device, and under torchrun all ranks on cuda:0 would make NCCL fail."""
     from tagloom.errors import TagLoomError
-    from training.tagger.train import resolve_device
+    from tagloom.training.tagger.train import resolve_device
 
     assert resolve_device("cuda", 3, 4) == torch.device("cuda", 3)
     assert resolve_device("auto", 1, 2) == torch.device("cuda", 1)
@@ -48,8 +48,8 @@ def test_cuda_device_without_index_is_the_local_rank():
 def test_validation_shards_cover_each_image_once_and_an_empty_rank_gathers():
     import numpy as np
 
-    from training.tagger.data import TaggerDataset
-    from training.tagger.train import _predict, val_shard
+    from tagloom.training.tagger.data import TaggerDataset
+    from tagloom.training.tagger.train import _predict, val_shard
 
     parts = [val_shard(5, 4, r) for r in range(4)]
     assert sorted(i for p in parts for i in p) == list(range(5))  # no padded duplicates
@@ -63,7 +63,7 @@ def test_validation_shards_cover_each_image_once_and_an_empty_rank_gathers():
 def test_vae_is_read_in_float32_whatever_the_unet_dtype(tiny, tmp_path):
     """On CUDA the base loads in bf16; the VAE must not pass through bf16 (its weights would be
     rounded before the trainer upcasts it to encode latents)."""
-    from training.lora.base import load_base
+    from tagloom.training.lora.base import load_base
 
     ref = load_base(tiny["sd"]).vae.state_dict()
     ckpt = make_tiny_single_file(tiny["sd"], tmp_path / "sd15.safetensors")
@@ -76,8 +76,8 @@ def test_vae_is_read_in_float32_whatever_the_unet_dtype(tiny, tmp_path):
 def test_a_base_passed_in_trains_in_the_trainers_weight_dtype(tiny, tmp_path):
     """bench/train.py hands the trainer a base it built itself; its UNet and text encoder must end
     in the trainer's weight dtype (here a bf16 base, fp32 training: it used to fail in the UNet)."""
-    from training.lora.base import load_base
-    from training.lora.train import LoraTrainer
+    from tagloom.training.lora.base import load_base
+    from tagloom.training.lora.train import LoraTrainer
 
     base = load_base(tiny["sd"], dtype=torch.bfloat16)
     tr = LoraTrainer(_lora_opts(tiny, tmp_path / "a.safetensors", steps=1, precision="no"), base=base)
@@ -91,7 +91,7 @@ def test_sdxl_size_conditioning_is_exact_and_samples_decode_in_float32(tiny, tmp
     """Under bf16 autocast (CPU here, CUDA's default) SDXL's time_ids stay float32 (bf16 turns 301
     into 300), and the sample's VAE decode runs outside autocast in float32 (fp16 autocast makes
     SDXL's VAE overflow into a black image)."""
-    from training.lora.train import LoraTrainer
+    from tagloom.training.lora.train import LoraTrainer
 
     tr = LoraTrainer(_lora_opts(tiny, tmp_path / "xl.safetensors", base=str(tiny["xl"]), precision="bf16",
                                 sample_prompt="red", sample_steps=1, buckets=False))
@@ -116,7 +116,7 @@ def test_sdxl_size_conditioning_is_exact_and_samples_decode_in_float32(tiny, tmp
 def test_resume_with_fp16_after_a_run_without_it(tiny, tmp_path):
     """A state saved with the GradScaler off holds an empty scaler state; resuming with fp16
     (scaler on) must not fail on it."""
-    from training.lora.train import LoraTrainer
+    from tagloom.training.lora.train import LoraTrainer
 
     out = tmp_path / "r.safetensors"
     LoraTrainer(_lora_opts(tiny, out, precision="no")).train(stop_after=1)
@@ -127,7 +127,7 @@ def test_resume_with_fp16_after_a_run_without_it(tiny, tmp_path):
 def test_text_encoder_gradient_checkpointing_is_active(tiny, tmp_path):
     """transformers skips checkpointing in eval mode (what from_pretrained returns): with
     --gradient-checkpointing and a trained text encoder its layers must really be recomputed."""
-    from training.lora.train import LoraTrainer
+    from tagloom.training.lora.train import LoraTrainer
 
     tr = LoraTrainer(_lora_opts(tiny, tmp_path / "gc.safetensors", text_encoder_lr=1e-3, gradient_checkpointing=True,
                                 precision="no"))
@@ -150,7 +150,7 @@ def test_auto_mixed_precision_follows_the_gpu_generation(monkeypatch):
     by a stand-in: there is no GPU here."""
     import torch
 
-    from training.precision import auto_mixed_precision
+    from tagloom.training.precision import auto_mixed_precision
 
     assert auto_mixed_precision(torch.device("cpu")) is None
     for capability, expected in (((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"), ((6, 1), "fp16")):

@@ -26,7 +26,7 @@ def tiny(tmp_path_factory):
 
 
 def _opts(tiny, out, **kw):
-    from training.lora.options import LoraOptions
+    from tagloom.training.lora.options import LoraOptions
 
     base = dict(dataset=tiny["ds"], base=str(tiny["sd"]), out=str(out), rank=4, alpha=2.0, lr=2e-2, text_encoder_lr=1e-2,
                 steps=4, batch_size=2, resolution=32, bucket_step=8, shuffle_caption=True, keep_tokens=1,
@@ -64,7 +64,7 @@ def test_tokenizer_files_regenerate_identically():
 
     if importlib.util.find_spec("clip") is None:
         pytest.skip("clip-anytorch (the BPE source) not installed")
-    from training.lora.make_configs import clip_bpe_files, find_bpe
+    from tagloom.training.lora.make_configs import clip_bpe_files, find_bpe
 
     vocab, merges = clip_bpe_files(find_bpe())
     assert json.loads((CONFIGS / "sd15" / "tokenizer" / "vocab.json").read_text()) == vocab
@@ -79,7 +79,7 @@ def test_unet_ldm_mapping_agrees_with_diffusers_converter(xl):
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    from training.lora.kohya import unet_ldm_name
+    from tagloom.training.lora.kohya import unet_ldm_name
 
     unet = UNet2DConditionModel(**tiny_unet_config(xl))
     ours = unet.state_dict()
@@ -99,8 +99,8 @@ def test_lora_trains_resumes_exactly_and_keys_map(tiny, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from training.lora.kohya import check_keys, lora_unet_modules_in_ldm
-    from training.lora.train import LoraTrainer
+    from tagloom.training.lora.kohya import check_keys, lora_unet_modules_in_ldm
+    from tagloom.training.lora.train import LoraTrainer
 
     full = LoraTrainer(_opts(tiny, tmp_path / "full.safetensors"))
     assert {s.bucket for s in full.samples} == {(40, 24), (24, 40)}  # aspect-ratio buckets
@@ -150,8 +150,8 @@ def test_lora_trains_resumes_exactly_and_keys_map(tiny, tmp_path):
 def test_sdxl_lora_keys_and_sample(tiny, tmp_path):
     from safetensors.torch import load_file
 
-    from training.lora.kohya import check_keys, lora_unet_modules_in_ldm
-    from training.lora.train import LoraTrainer
+    from tagloom.training.lora.kohya import check_keys, lora_unet_modules_in_ldm
+    from tagloom.training.lora.train import LoraTrainer
 
     tr = LoraTrainer(_opts(tiny, tmp_path / "xl", base=str(tiny["xl"]), steps=1, gradient_checkpointing=False,
                            cache_latents="disk", sample_prompt="red, circle", sample_every=1, sample_steps=2))
@@ -170,8 +170,8 @@ def test_output_names_and_bad_base(tmp_path, monkeypatch):
     """A bare --out name lands in the LoRA folder (ComfyUI's models/loras, else TAGLOOM_HOME/loras);
     a missing base is a clear error. (The node test runs `tagloom train lora` as a real child.)"""
     from tagloom.errors import InputFileError
-    from training.lora.base import load_base
-    from training.lora.train import output_path, state_dir
+    from tagloom.training.lora.base import load_base
+    from tagloom.training.lora.train import output_path, state_dir
 
     monkeypatch.setenv("TAGLOOM_HOME", str(tmp_path / "home"))
     assert output_path("mine") == tmp_path / "home" / "loras" / "mine.safetensors"
@@ -191,7 +191,7 @@ def test_single_file_checkpoint_loads_offline(tiny, tmp_path):
     import torch
 
     from tiny_sd import make_tiny_single_file
-    from training.lora.base import detect_arch, load_base
+    from tagloom.training.lora.base import detect_arch, load_base
 
     ckpt = make_tiny_single_file(tiny["sd"], tmp_path / "tiny_sd15.safetensors")
     assert detect_arch(ckpt) == "sd15"

@@ -17,7 +17,7 @@ TINY_ARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2, "ref_feat_shape": [4, 
 
 
 def _opts(ds, out, **kw):
-    from training.tagger.options import TaggerOptions
+    from tagloom.training.tagger.options import TaggerOptions
 
     base = dict(dataset=ds, out=out, model_name="eva02_large_patch14_448", resolution=56, model_args=dict(TINY_ARGS),
                 epochs=2, batch_size=8, lr=3e-3, workers=0, onnx=False, val_fraction=0.25, warmup=0.0)
@@ -33,7 +33,7 @@ def dataset(tmp_path_factory):
 
 
 def test_metrics_on_known_values():
-    from training.tagger.metrics import average_precision, evaluate, pr_equal_threshold
+    from tagloom.training.tagger.metrics import average_precision, evaluate, pr_equal_threshold
 
     assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
     probs = np.array([[0.9, 0.2], [0.8, 0.7], [0.1, 0.6], [0.3, 0.1]])
@@ -47,7 +47,7 @@ def test_metrics_on_known_values():
 def test_losses_lower_and_resume_equals_uninterrupted(dataset, tmp_path):
     from safetensors.torch import load_file
 
-    from training.tagger.train import train_tagger
+    from tagloom.training.tagger.train import train_tagger
 
     history = []
     full = train_tagger(_opts(dataset, tmp_path / "full", epochs=3, loss="asl", optimizer="lamb"),
@@ -81,9 +81,9 @@ def test_output_folder_loads_and_onnx_matches_our_evaluation(dataset, tmp_path):
     import torch
 
     from tagloom.tagger.timm_model import load_model, read_config
-    from training.data.images import load_rgb
-    from training.tagger.data import pad_square_resize, to_tensor_bgr
-    from training.tagger.train import train_tagger
+    from tagloom.training.data.images import load_rgb
+    from tagloom.training.tagger.data import pad_square_resize, to_tensor_bgr
+    from tagloom.training.tagger.train import train_tagger
 
     out = train_tagger(_opts(dataset, tmp_path / "m", epochs=1, onnx=True, loss="focal", precision="bf16"))
     for name in ("config.json", "model.safetensors", "selected_tags.csv", "threshold.json", "model.onnx"):
@@ -108,7 +108,7 @@ def test_output_folder_loads_and_onnx_matches_our_evaluation(dataset, tmp_path):
 def test_init_from_a_model_folder_keeps_shared_tag_rows(dataset, tmp_path):
     """Fine-tuning from an existing wd-style folder: the backbone is taken, head rows are copied by tag name."""
     from tiny_models import make_tiny_tagger
-    from training.tagger.train import create_network
+    from tagloom.training.tagger.train import create_network
     from safetensors.torch import load_file
 
     src = make_tiny_tagger(tmp_path / "base", onnx=False)
@@ -140,9 +140,9 @@ def test_cli_one_epoch_eva02_tiny_32_images(tmp_path):
     import torch
 
     from tagloom.tagger.timm_model import load_model
-    from training.data.images import load_rgb
-    from training.data.prepare import read_selected_tags
-    from training.tagger.data import pad_square_resize, to_tensor_bgr
+    from tagloom.training.data.images import load_rgb
+    from tagloom.training.data.prepare import read_selected_tags
+    from tagloom.training.tagger.data import pad_square_resize, to_tensor_bgr
 
     images = sorted(ds.glob("*.png"))[:2]
     r = subprocess.run([sys.executable, "-m", "tagloom", "tag", *map(str, images), "--model", str(out), "--json",
@@ -183,9 +183,9 @@ def test_tar_shards_train_the_same_as_the_folder(dataset, tmp_path):
     very weights training from the image files gives."""
     from safetensors.torch import load_file
 
-    from training.data import prepare as prep
-    from training.data.shards import read_shards
-    from training.tagger.train import train_tagger
+    from tagloom.training.data import prepare as prep
+    from tagloom.training.data.shards import read_shards
+    from tagloom.training.tagger.train import train_tagger
 
     result = prep.prepare(dataset, val_fraction=0.25)
     folder = prep.write(result, tmp_path / "plain", 1, 0.25, 0)

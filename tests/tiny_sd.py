@@ -79,7 +79,7 @@ def _vae_ldm_name(path: str, levels: int) -> str:
 def make_tiny_single_file(folder: Path, out: Path) -> Path:
     """The tiny SD1.5 folder as one original-layout checkpoint (model.diffusion_model.*,
     first_stage_model.*, cond_stage_model.transformer.text_model.*), like the files in ComfyUI's
-    models/checkpoints. UNet names come from our own mapping (training.lora.kohya.unet_ldm_name)."""
+    models/checkpoints. UNet names come from our own mapping (tagloom.training.lora.kohya.unet_ldm_name)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
@@ -94,7 +94,7 @@ def make_tiny_single_file(folder: Path, out: Path) -> Path:
 
 def single_file_state(unet, vae, te, dtype=None) -> dict:
     """SD1.5 components -> one original-layout state dict (see make_tiny_single_file)."""
-    from training.lora.kohya import te_module_path, unet_ldm_name
+    from tagloom.training.lora.kohya import te_module_path, unet_ldm_name
 
     sd = {}
     for key, v in unet.state_dict().items():

@@ -4,8 +4,8 @@ Why a child process: training holds the GPU for hours; in a child, ComfyUI stays
 cannot take the server down, all memory returns when it ends, and Cancel can kill it. The child is
 ``sys.executable -m tagloom train ...`` (never a bare ``python``: portable installs have another
 one on PATH), or ``-m torch.distributed.run`` for several GPUs. Progress arrives as
-``TAGLOOM_PROGRESS`` lines (training.progress). A non-zero exit becomes a TagLoomError carrying the
-end of the child's output.
+``TAGLOOM_PROGRESS`` lines (tagloom.training.progress). A non-zero exit becomes a TagLoomError
+carrying the end of the child's output.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+import tagloom
 from tagloom.errors import TagLoomError
-from training.progress import parse
+from tagloom.training.progress import parse
 
-REPO = Path(__file__).resolve().parents[1]
+# The folder holding the tagloom package: the repository (a checkout, ComfyUI's custom_nodes) or
+# site-packages (an install). The child starts there, and `python -m` puts its working folder first
+# on sys.path, so the child imports this very tagloom (and tagloom.training) with no PYTHONPATH.
+ROOT = Path(tagloom.__file__).resolve().parents[1]
+REPO = ROOT  # the old name
 
 
 def command(args: list[str], gpus: int = 1) -> list[str]:
@@ -37,14 +42,14 @@ class TrainingRun:
     def __init__(self, args: list[str], gpus: int = 1, env: dict | None = None):
         child_env = dict(os.environ if env is None else env)
         child_env["PYTHONUNBUFFERED"] = "1"
-        child_env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [child_env.get("PYTHONPATH")] if p])
+        child_env.pop("PYTHONSAFEPATH", None)  # it would keep the working folder (ROOT) off sys.path
         kwargs = {}
         if os.name == "posix":
             kwargs["start_new_session"] = True  # its own process group: Cancel also ends DataLoader workers
         else:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
         self.argv = command(args, gpus)
-        self.proc = subprocess.Popen(self.argv, cwd=str(REPO), env=child_env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(self.argv, cwd=str(ROOT), env=child_env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1, encoding="utf-8",
                                      errors="replace", **kwargs)
         self.lines: collections.deque[str] = collections.deque(maxlen=200)

@@ -41,8 +41,8 @@ def register(subparsers) -> None:
     fd.add_argument("--rate", type=float, default=2.0, help="requests per second (default 2)")
     fd.set_defaults(handler=_fetch)
 
-    from training.tagger.options import add_arguments as tagger_args
-    from training.lora.options import add_arguments as lora_args
+    from tagloom.training.tagger.options import add_arguments as tagger_args
+    from tagloom.training.lora.options import add_arguments as lora_args
 
     tg = sub.add_parser("tagger", help="train a timm tagger; writes a model folder `tagloom tag --model` loads")
     tagger_args(tg)
@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from training.data import prepare as prep
+    from tagloom.training.data import prepare as prep
 
     captioner = prep.tagger_captioner(args.caption_missing) if args.caption_missing else None
     result = prep.prepare(args.dataset, args.min_count, args.val_fraction, args.seed, args.workers,
@@ -68,7 +68,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from training.data.danbooru import DEFAULT_BASE_URL, FetchOptions, fetch
+    from tagloom.training.data.danbooru import DEFAULT_BASE_URL, FetchOptions, fetch
 
     opts = FetchOptions(tags=args.tags, limit=args.limit, out=args.out, base_url=args.base_url or DEFAULT_BASE_URL,
                         character=args.character, copyright=args.copyright, artist=args.artist,
@@ -80,16 +80,16 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _tagger(args: argparse.Namespace) -> int:
-    from training.tagger.options import from_args
-    from training.tagger.train import train_tagger
+    from tagloom.training.tagger.options import from_args
+    from tagloom.training.tagger.train import train_tagger
 
     train_tagger(from_args(args))
     return 0
 
 
 def _lora(args: argparse.Namespace) -> int:
-    from training.lora.options import from_args
-    from training.lora.train import train_lora
+    from tagloom.training.lora.options import from_args
+    from tagloom.training.lora.train import train_lora
 
     train_lora(from_args(args))
     return 0

@@ -1,7 +1,7 @@
 """Reading a dataset folder: images with same-named ``.txt`` (or ``.caption``) files of
 comma-separated tags, sub-folders allowed, kohya ``N_name`` folders meaning "repeat N times".
 
-Only file discovery and caption parsing live here; decoding is in ``training.data.images``.
+Only file discovery and caption parsing live here; decoding is in ``tagloom.training.data.images``.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from tagloom.errors import InputFileError, TagLoomError
-from training.data.dataset import Item, canonical_tag, scan
-from training.data.images import file_digest, load_rgb, parallel_map
+from tagloom.training.data.dataset import Item, canonical_tag, scan
+from tagloom.training.data.images import file_digest, load_rgb, parallel_map
 
 RATING_TAGS = {"general": "general", "sensitive": "sensitive", "questionable": "questionable",
                "explicit": "explicit", "safe": "general", "rating:general": "general",
@@ -192,7 +192,7 @@ def write(prepared: Prepared, out: Path, min_count: int, val_fraction: float, se
     if shards > 0:
         import shutil
 
-        from training.data.shards import write_shards
+        from tagloom.training.data.shards import write_shards
 
         shutil.rmtree(out / "shards", ignore_errors=True)
         write_shards(prepared.train, out / "shards", "train", shards)

@@ -44,7 +44,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_shards(items, out: Path, prefix: str, per_shard: int = 1000) -> list[Path]:
-    """Write ``items`` (training.data.dataset.Item) as ``prefix-000000.tar``...; keys are the
+    """Write ``items`` (tagloom.training.data.dataset.Item) as ``prefix-000000.tar``...; keys are the
     running index (the relative path is kept in ``<key>.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def read_shards(tars: list[Path]) -> list[tuple[ShardMember, str, str]]:
 
 
 def open_image(member: ShardMember):
-    """The member's image as 8-bit RGB (same conversions as training.data.images.load_rgb)."""
-    from training.data.images import load_rgb
+    """The member's image as 8-bit RGB (same conversions as tagloom.training.data.images.load_rgb)."""
+    from tagloom.training.data.images import load_rgb
 
     return load_rgb(io.BytesIO(member.read()), name=f"{member.tar}:{member.name}")

@@ -10,8 +10,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data.dataset import Item, scan, split_tags
-from training.data.images import load_rgb
+from tagloom.training.data.dataset import Item, scan, split_tags
+from tagloom.training.data.images import load_rgb
 from tagloom.errors import InputFileError
 
 

@@ -1,5 +1,5 @@
 """Generate the offline diffusers config folders in ``training/lora/configs/`` (run once; the output
-is committed as package data): ``python -m training.lora.make_configs``.
+is committed as package data): ``python -m tagloom.training.lora.make_configs``.
 
 Why: ``from_single_file`` on a ComfyUI checkpoint fetches model configs and the CLIP tokenizer from
 the hub; with ``config=<one of these folders>`` it works offline. The configs are the published

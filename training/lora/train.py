@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tagloom import config
 from tagloom.errors import CancelledError, TagLoomError
-from training.lora.options import LoraOptions
-from training.progress import log, report
+from tagloom.training.lora.options import LoraOptions
+from tagloom.training.progress import log, report
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 UNET_CONV_TARGETS = ["conv1", "conv2"]
@@ -62,14 +62,14 @@ class LoraTrainer:
             self.device = torch.device(opts.device)
         mp = opts.precision
         if mp == "auto":
-            from training.precision import auto_mixed_precision
+            from tagloom.training.precision import auto_mixed_precision
 
             mp = auto_mixed_precision(self.device) or "no"
         self.mixed_precision = mp
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp)
         weight_dtype = self.amp_dtype if (self.amp_dtype is not None and self.device.type == "cuda") else torch.float32
         if base is None:
-            from training.lora.base import load_base
+            from tagloom.training.lora.base import load_base
 
             base = load_base(opts.base, dtype=weight_dtype)
         self.base = base
@@ -84,7 +84,7 @@ class LoraTrainer:
         import torch
         from peft import LoraConfig, inject_adapter_in_model
 
-        from training.lora.data import epoch_batches, load_samples
+        from tagloom.training.lora.data import epoch_batches, load_samples
 
         opts, base = self.opts, self.base
         self.samples = load_samples(Path(opts.dataset), opts.resolution, opts.bucket_step, opts.buckets)
@@ -151,7 +151,7 @@ class LoraTrainer:
     def _encode(self, index: int):
         import torch
 
-        from training.lora.data import pixel_tensor
+        from tagloom.training.lora.data import pixel_tensor
 
         x = pixel_tensor(self.samples[index]).unsqueeze(0).to(self.device, torch.float32)
         with torch.no_grad():
@@ -245,7 +245,7 @@ class LoraTrainer:
         return loss.mean()
 
     def _batches(self, epoch: int) -> list:
-        from training.lora.data import epoch_batches
+        from tagloom.training.lora.data import epoch_batches
 
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             self._epoch_cache = (epoch, epoch_batches(self.samples, self.opts.batch_size, self.opts.seed, epoch))
@@ -254,7 +254,7 @@ class LoraTrainer:
     def train_step(self) -> float:
         import torch
 
-        from training.lora.data import process_caption
+        from tagloom.training.lora.data import process_caption
 
         opts = self.opts
         epoch, within = divmod(self.step, self.steps_per_epoch)
@@ -302,7 +302,7 @@ class LoraTrainer:
         import torch
         from peft import get_peft_model_state_dict
 
-        from training.lora.kohya import peft_to_kohya
+        from tagloom.training.lora.kohya import peft_to_kohya
 
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.opts.save_precision]
         out = peft_to_kohya(get_peft_model_state_dict(self.base.unet), "lora_unet", self.alpha, dtype)
@@ -314,8 +314,8 @@ class LoraTrainer:
     def save_lora(self, path: Path | None = None) -> Path:
         from safetensors.torch import save_file
 
-        from training.lora.data import tag_frequency
-        from training.lora.kohya import metadata, model_hash
+        from tagloom.training.lora.data import tag_frequency
+        from tagloom.training.lora.kohya import metadata, model_hash
 
         path = path or self.out
         tensors = self.kohya_state()

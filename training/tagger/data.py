@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.data.images import load_rgb
-from training.data.shards import ShardMember, open_image
+from tagloom.training.data.images import load_rgb
+from tagloom.training.data.shards import ShardMember, open_image
 
 
 def pad_square_resize(im, size: int):

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from tagloom.errors import InputFileError, TagLoomError
-from training.progress import is_main_process, log, report
-from training.tagger.options import TaggerOptions
+from tagloom.training.progress import is_main_process, log, report
+from tagloom.training.tagger.options import TaggerOptions
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)  # the wd taggers' normalisation (not timm's CLIP mean/std)
 DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -32,9 +32,9 @@ def load_dataset(opts: TaggerOptions):
     ``opts.dataset`` may be a folder prepared by `tagloom train prepare` (split.json +
     selected_tags.csv, optionally ``shards/`` tar shards, read instead of the original files) or a
     raw dataset folder, which is prepared here into OUT/dataset. A source is an image path or a
-    training.data.shards.ShardMember.
+    tagloom.training.data.shards.ShardMember.
     """
-    from training.data import prepare as prep
+    from tagloom.training.data import prepare as prep
 
     ds = Path(opts.dataset)
     prepared_dir = Path(opts.out) / "dataset"
@@ -51,7 +51,7 @@ def load_dataset(opts: TaggerOptions):
     tags = prep.read_selected_tags(prepared_dir / "selected_tags.csv")
     shards = prepared_dir / "shards"
     if shards.is_dir():
-        from training.data.shards import read_shards
+        from tagloom.training.data.shards import read_shards
 
         train = [(m, text) for m, text, _k in read_shards(sorted(shards.glob("train-*.tar")))]
         val = [(m, text) for m, text, _k in read_shards(sorted(shards.glob("val-*.tar")))]
@@ -62,7 +62,7 @@ def load_dataset(opts: TaggerOptions):
 
 
 def _caption(path: Path) -> str:
-    from training.data.dataset import CAPTION_EXTS, read_caption
+    from tagloom.training.data.dataset import CAPTION_EXTS, read_caption
 
     for ext in CAPTION_EXTS:
         if path.with_suffix(ext).is_file():
@@ -71,8 +71,8 @@ def _caption(path: Path) -> str:
 
 
 def _labels(captions: list[str], index: dict[str, int]) -> list[list[int]]:
-    from training.data.dataset import canonical_tag, split_tags
-    from training.data.prepare import RATING_TAGS
+    from tagloom.training.data.dataset import canonical_tag, split_tags
+    from tagloom.training.data.prepare import RATING_TAGS
 
     out = []
     for caption in captions:
@@ -142,7 +142,7 @@ def init_from(model, path: Path, opts: TaggerOptions) -> None:
     folder_tags = None
     if path.is_dir():
         if (path / "selected_tags.csv").is_file():
-            from training.data.prepare import read_selected_tags
+            from tagloom.training.data.prepare import read_selected_tags
 
             folder_tags = [t[0] for t in read_selected_tags(path / "selected_tags.csv")]
         path = path / "model.safetensors"
@@ -296,10 +296,10 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
     from safetensors.torch import save_file
 
     from tagloom.tagger.export import export_onnx
-    from training.data.prepare import write_selected_tags
-    from training.tagger.data import TaggerDataset
-    from training.tagger.losses import make_loss
-    from training.tagger.metrics import evaluate
+    from tagloom.training.data.prepare import write_selected_tags
+    from tagloom.training.tagger.data import TaggerDataset
+    from tagloom.training.tagger.losses import make_loss
+    from tagloom.training.tagger.metrics import evaluate
 
     out = Path(opts.out)
     ckpt_dir = out / "checkpoints"
@@ -309,7 +309,7 @@ def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | No
     device, world, rank = setup_distributed(opts.device)
     precision = opts.precision
     if precision == "auto":
-        from training.precision import auto_mixed_precision
+        from tagloom.training.precision import auto_mixed_precision
 
         precision = auto_mixed_precision(device) or "fp32"
 
@@ -509,7 +509,7 @@ def write_model_folder(model, config: dict, tags, metrics: dict, history: list, 
     from safetensors.torch import save_file
 
     from tagloom.tagger.export import export_onnx
-    from training.data.prepare import write_selected_tags
+    from tagloom.training.data.prepare import write_selected_tags
 
     out.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").float().eval()
