@@ -321,3 +321,28 @@ def test_tagloom_training_imports_without_a_top_level_training(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(REPO)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_train_launcher_needs_no_pythonpath(monkeypatch):
+    """The Train node's child: `python -m tagloom train ...` started in the folder holding tagloom
+    (`-m` puts it first on sys.path), with no PYTHONPATH added; it runs for real (`--help`)."""
+    import subprocess as sp
+
+    import tagloom
+    from tagloom.training import launcher
+
+    assert launcher.ROOT == Path(tagloom.__file__).resolve().parents[1]
+    seen = {}
+    real_popen = sp.Popen
+
+    def popen(argv, **kw):
+        seen.update(argv=argv, **kw)
+        return real_popen(argv, **kw)
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", popen)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    run = launcher.TrainingRun(["--help"], env=env)
+    assert run.follow() == 0
+    assert seen["argv"] == [sys.executable, "-m", "tagloom", "train", "--help"]
+    assert seen["cwd"] == str(launcher.ROOT) and "PYTHONPATH" not in seen["env"]
+    assert any("usage: tagloom train" in line for line in run.lines), list(run.lines)
