@@ -1,7 +1,10 @@
 """Image decoding shared by dataset validation and the trainers (Pillow, no TensorFlow).
 
-``load_rgb`` flattens transparency onto white (as the wd taggers were trained) and converts
-palette, CMYK, 16-bit and greyscale images to 8-bit RGB; animated files use their first frame.
+Decoding is the one image path of inference (``tagloom.images``): EXIF orientation applied, 16-bit
+scaled by /257, palette/CMYK/greyscale converted, the first frame of animated files, the same
+scoped pixel limit (PIL's global limit is never changed for good) and the same clear errors.
+``load_rgb`` flattens transparency onto white (as the wd taggers were trained); trainers that pad
+to a square use ``tagloom.images.load_square`` and put their augmentation on top.
 """
 
 from __future__ import annotations
@@ -11,35 +14,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
+from tagloom import images as _images
 from tagloom.errors import InputFileError
-
-MAX_PIXELS = 16384 * 16384  # refuse decompression bombs beyond this, with a clear error
+from tagloom.images import MAX_PIXELS, DRAFT_MIN_SIDE  # noqa: F401 - the limit is inference's (TAGLOOM_MAX_IMAGE_PIXELS)
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def load_rgb(path, name: str | None = None):
+def load_rgb(path, name: str | None = None, max_side_hint: int = DRAFT_MIN_SIDE):
     """The image (a path or a binary file object) as an 8-bit RGB PIL image; InputFileError naming
     the file (or ``name``) when it cannot be read."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                im = im.point(lambda v: v / 256).convert("L")
-            if im.mode in ("RGBA", "LA", "P", "PA") or "transparency" in im.info:
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                bg.alpha_composite(im)
-                im = bg
-            return im.convert("RGB")
+        return _images.load_rgb(path, name=name, max_side_hint=max_side_hint)
     except InputFileError:
         raise
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
+    except Exception as e:  # noqa: BLE001 - a dataset scan reports every bad file and goes on
         raise InputFileError(name or path, f"cannot be decoded as an image: {type(e).__name__}: {e}") from e
 
 

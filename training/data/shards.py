@@ -30,6 +30,11 @@ class ShardMember:
     offset: int
     size: int
 
+    @property
+    def label(self) -> str:
+        """How errors name the member: ``<tar>:<member name>``."""
+        return f"{self.tar}:{self.name}"
+
     def read(self) -> bytes:
         with open(self.tar, "rb") as f:
             f.seek(self.offset)
@@ -92,4 +97,4 @@ def open_image(member: ShardMember):
     """The member's image as 8-bit RGB (same conversions as tagloom.training.data.images.load_rgb)."""
     from tagloom.training.data.images import load_rgb
 
-    return load_rgb(io.BytesIO(member.read()), name=f"{member.tar}:{member.name}")
+    return load_rgb(io.BytesIO(member.read()), name=member.label)

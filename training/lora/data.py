@@ -83,11 +83,12 @@ def load_samples(root: Path, resolution: int, bucket_step: int, use_buckets: boo
     buckets = make_buckets(resolution, bucket_step) if use_buckets else [(resolution, resolution)]
     out = []
     for item in items:
-        from PIL import Image
+        from tagloom.images import image_size
 
         try:
-            with Image.open(item.path) as im:
-                size = im.size
+            size = image_size(item.path)  # upright (EXIF orientation), as load_rgb decodes it
+        except InputFileError:
+            raise
         except Exception as e:
             raise InputFileError(item.path, f"cannot be decoded as an image: {e}") from e
         out.append(Sample(item, pick_bucket(size, buckets), (size[1], size[0])))
@@ -98,7 +99,10 @@ def pixel_tensor(sample: Sample):
     import numpy as np
     import torch
 
-    im, crop = fit_to_bucket(load_rgb(sample.item.path), sample.bucket)
+    from tagloom.images import draft_hint
+
+    # a huge JPEG is decoded reduced, never below twice the bucket's long side
+    im, crop = fit_to_bucket(load_rgb(sample.item.path, max_side_hint=draft_hint(max(sample.bucket))), sample.bucket)
     sample.crop = crop
     x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
     return x

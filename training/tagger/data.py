@@ -1,27 +1,31 @@
 """Tagger training data: image -> normalised BGR tensor (the wd input convention), tags -> a
-multi-hot vector. Decoding runs in DataLoader worker processes (parallel decoding)."""
+multi-hot vector. Decoding runs in DataLoader worker processes (parallel decoding).
+
+The image before augmentation is exactly what inference feeds the model (``tagloom.images.load_square``:
+the same decoding, EXIF orientation, 16-bit scaling, alpha on white, pixel limit, white square and
+bicubic resize); the augmentation is put on top here, as timm builds its train transform on the
+eval one.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-from tagloom.training.data.images import load_rgb
-from tagloom.training.data.shards import ShardMember, open_image
+from tagloom.images import load_square, square_resized
+from tagloom.training.data.images import load_rgb  # noqa: F401 - re-exported (older callers import it here)
+from tagloom.training.data.shards import ShardMember, open_image  # noqa: F401 - open_image re-exported
+
+# The wd taggers' square pad + bicubic resize, under its training name (the one in tagloom.images).
+pad_square_resize = square_resized
 
 
-def pad_square_resize(im, size: int):
-    """Pad to a white square (centred) and resize bicubic: the wd taggers' preprocessing."""
-    from PIL import Image
-
-    w, h = im.size
-    side = max(w, h)
-    if (w, h) != (side, side):
-        canvas = Image.new("RGB", (side, side), (255, 255, 255))
-        canvas.paste(im, ((side - w) // 2, (side - h) // 2))
-        im = canvas
-    if side != size:
-        im = im.resize((size, size), Image.BICUBIC)
-    return im
+def load_square_image(source, size: int):
+    """A training sample's image (a path or a tar shard member) as the model's ``size`` x ``size``
+    RGB input before augmentation: the inference path's pixels exactly."""
+    if isinstance(source, ShardMember):
+        return load_square(io.BytesIO(source.read()), size, name=source.label)
+    return load_square(source, size)
 
 
 def to_tensor_bgr(im, mean, std):
@@ -54,15 +58,14 @@ class TaggerDataset:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def load(self, i: int):
+        """Sample ``i``'s image before augmentation (the eval transform): inference's input pixels."""
+        return load_square_image(self.paths[i], self.image_size)
+
     def __getitem__(self, i: int):
         import torch
 
-        source = self.paths[i]
-        if isinstance(source, ShardMember):
-            im = open_image(source)
-        else:
-            im = load_rgb(source)
-        im = pad_square_resize(im, self.image_size)
+        im = self.load(i)
         if self.augment is not None:
             im = self.augment(im)
         y = torch.zeros(self.num_classes, dtype=torch.float32)
