@@ -7,6 +7,8 @@ Cancel. Re-running it continues where it stopped. Node id and input names are pu
 
 from __future__ import annotations
 
+from . import _comfy
+
 CATEGORY = "TagLoom/Tagger"
 
 
@@ -14,33 +16,6 @@ def _model_choices() -> list[str]:
     from tagloom.tagger.registry import model_choices
 
     return model_choices()
-
-
-class _ComfyProgress:
-    """Job progress -> ComfyUI's progress bar; Cancel raises ComfyUI's interrupt exception."""
-
-    def __init__(self):
-        self.bar = None
-
-    def start(self, total: int) -> None:
-        import comfy.utils
-
-        self.bar = comfy.utils.ProgressBar(max(total, 1))
-
-    def advance(self, n: int) -> None:
-        import comfy.model_management as mm
-
-        mm.throw_exception_if_processing_interrupted()
-        if self.bar is not None:
-            self.bar.update(n)  # also checks for Cancel
-
-    def check(self) -> None:
-        import comfy.model_management as mm
-
-        mm.throw_exception_if_processing_interrupted()
-
-    def close(self) -> None:
-        pass
 
 
 class TagLoomCaptionFolder:
@@ -85,26 +60,17 @@ class TagLoomCaptionFolder:
     def caption(self, folder, model, format="txt", overwrite=False, recursive=False, general_threshold=0.35,
                 character_threshold=0.75, batch_size=0, device="auto", backend="auto", replace_underscores=True,
                 escape_parentheses=True, exclude_tags="", include_tags="", text="tags"):
-        import comfy.model_management as mm
-
         from tagloom.caption import CaptionJob, ModelChoice, run_caption
         from tagloom.caption.folders import resolve_allowed_folder
 
         path = resolve_allowed_folder(folder)
-        try:
-            comfy_cuda = mm.get_torch_device().type == "cuda"
-        except Exception:
-            comfy_cuda = None
-        if device == "auto" and comfy_cuda is False:
-            device = "cpu"  # follow ComfyUI's own device choice (--cpu must be respected)
+        device = _comfy.follow_device(device)  # --cpu must be respected
         # On a ComfyUI GPU 'auto' stays 'auto', not 'cuda': the job then still runs an ONNX-only
         # model (JoyTag, or no torch weights) on the CPU when onnxruntime has no working CUDA,
         # where an explicit 'cuda' is (rightly) an error.
-        if device.startswith("cuda") or (device == "auto" and comfy_cuda):
-            try:  # make room on the GPU for the tagger and a batch (EVA-02 Large bf16 ~1 GB + activations)
-                mm.free_memory(4 * 1024**3, mm.get_torch_device())
-            except Exception:
-                pass
+        if device.startswith("cuda") or device == "auto":
+            # room for the tagger and a batch (EVA-02 Large bf16 ~1 GB + activations); a no-op on the CPU
+            _comfy.make_room(4 * 1024**3)
         job = CaptionJob(
             folder=path, recursive=recursive, fmt=format, overwrite=overwrite, batch_size=batch_size,
             device=device, text_field=text,
@@ -115,7 +81,7 @@ class TagLoomCaptionFolder:
                         "exclude": exclude_tags or None, "include": include_tags or None},
             ),
         )
-        summary = run_caption(job, _ComfyProgress())
+        summary = run_caption(job, _comfy.ComfyProgress())
         return {"ui": {"text": [summary.text()]},
                 "result": (summary.text(), summary.done, summary.skipped, len(summary.failed))}
 

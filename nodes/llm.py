@@ -12,33 +12,12 @@ import json
 
 from tagloom.llm.registry import NAMES as PROVIDERS  # declared once (tagloom/llm/registry.py)
 
+from . import _comfy
+
 DEFAULT_URL = "http://127.0.0.1:11434"
 # Appended optional input (workflows store widgets by position: new inputs only go last).
 TIMEOUT_INPUT = ("FLOAT", {"default": 120.0, "min": 1.0, "max": 3600.0, "step": 1.0,
                            "tooltip": "seconds one request may take before it is retried"})
-
-
-def _interrupt_hooks():
-    """(should_stop, progress, raise_if_interrupted) bound to ComfyUI when it is there."""
-    try:
-        import comfy.model_management as mm
-        import comfy.utils
-    except ImportError:
-        return None, None, lambda: None
-    bar = {}
-
-    def progress(done, total):
-        try:
-            if "bar" not in bar:
-                bar["bar"] = comfy.utils.ProgressBar(max(total, 1))
-            bar["bar"].update_absolute(done, max(total, 1))
-        except Exception:  # ProgressBar raises on Cancel; should_stop handles that between batches
-            pass
-
-    def should_stop():
-        return bool(mm.processing_interrupted())
-
-    return should_stop, progress, mm.throw_exception_if_processing_interrupted
 
 
 def _llm_inputs():
@@ -89,7 +68,8 @@ class _TagJobNode:
                 t.timeout = float(timeout)
         else:
             tiers = [pipeline.single_tier(provider, model, base_url.strip() or None, batch_size, concurrency, timeout=timeout)]
-        should_stop, progress, raise_if = _interrupt_hooks()
+        bar = _comfy.ComfyProgress()
+        progress, should_stop = bar.quiet_callback(), bar.stopped
         with TagDB() as db:
             try:
                 if plan == "auto" and self.TASK == "categorize":
@@ -98,7 +78,7 @@ class _TagJobNode:
                     planned = pipeline.plan(db, task, tiers, limit=limit or None)
                     summary = pipeline.run(db, task, planned, first_pass=first_pass, progress=progress, should_stop=should_stop)
             except CancelledError:
-                raise_if()
+                _comfy.raise_if_interrupted()
                 raise
         return (json.dumps(summary, ensure_ascii=False, indent=1),)
 

@@ -7,6 +7,8 @@ so the pack loads without them) and ``interrogate`` from a TAGLOOM_TAGGER handle
 
 from __future__ import annotations
 
+from . import _comfy
+
 
 class TagLoomPromptOptimize:
     RETURN_TYPES = ("STRING", "STRING", "IMAGE")
@@ -44,8 +46,6 @@ class TagLoomPromptOptimize:
 
     def run(self, reference, tagger, model, clip, vae, negative, steps, cfg, sampler_name, scheduler, seed,
             strategies, rounds, threshold, clip_model="", width=512, height=512):
-        import comfy.model_management as mm
-        import comfy.utils
         import nodes as comfy_nodes  # ComfyUI's own nodes module
         import torch
 
@@ -62,13 +62,11 @@ class TagLoomPromptOptimize:
         names = [s.strip() for s in strategies.split(",") if s.strip()]
         # At most one generation per strategy and round (identical candidates are generated once).
         total = max(1, len(names) * rounds)
-        bar = comfy.utils.ProgressBar(total)
-        generated = [0]
+        progress = _comfy.ComfyProgress()
+        progress.start(total)
 
         def generate(prompt: str, s: int):
-            mm.throw_exception_if_processing_interrupted()
-            generated[0] += 1
-            bar.update_absolute(min(generated[0], total), total)
+            progress.update(min(progress.done + 1, total))  # checks for Cancel first
             pos = comfy_nodes.CLIPTextEncode().encode(clip, prompt)[0]
             latent = comfy_nodes.EmptyLatentImage().generate(width, height, 1)[0]
             out = comfy_nodes.common_ksampler(model, s, steps, cfg, sampler_name, scheduler, pos, neg, latent)[0]
@@ -80,7 +78,7 @@ class TagLoomPromptOptimize:
         try:
             res = optimize(reference[0:1], interrogate, generate, strategies=names, rounds=rounds, threshold=threshold,
                            clip=sim, seed=seed, order=category_order(db) if db else None,
-                           should_stop=lambda: bool(mm.processing_interrupted()))
+                           should_stop=progress.stopped)
         finally:
             if db:
                 db.close()

@@ -13,70 +13,28 @@ from __future__ import annotations
 
 import json
 
+from . import _comfy
+
 CATEGORY = "TagLoom/Tagger"
-_hooked = False
-
-
-def _hook_comfy_unload() -> None:
-    """Free our cached taggers whenever ComfyUI unloads its models.
-
-    ComfyUI tracks only ModelPatcher models in model_management.current_loaded_models, and an ONNX
-    session is not one; its unload path (the /free route's flag, handled in main.py) calls
-    model_management.unload_all_models(), so we wrap that function once and free our cache after it.
-    """
-    global _hooked
-    if _hooked:
-        return
-    import comfy.model_management as mm
-
-    from tagloom.tagger import cache
-
-    original = mm.unload_all_models
-    if getattr(original, "_tagloom_wrapped", False):
-        _hooked = True
-        return
-
-    def unload_all_models(*args, **kwargs):
-        try:
-            return original(*args, **kwargs)
-        finally:
-            freed = cache.free_all()
-            if freed:
-                import logging
-
-                logging.info("TagLoom: unloaded %d tagger model(s)", freed)
-
-    unload_all_models._tagloom_wrapped = True
-    unload_all_models.__wrapped__ = original
-    mm.unload_all_models = unload_all_models
-    _hooked = True
-
-
 # What a tagger takes on the GPU: EVA-02 Large weights (1.2 GB in float32) plus a batch of 8.
 _GPU_ROOM = 3 * 1024**3
 
 
 def _make_room_on_gpu(handle) -> None:
-    """Before a tagger is loaded onto ComfyUI's GPU, ask ComfyUI to unload what it must to make
-    room (as the caption node does): ComfyUI only accounts for its own models, so loading ours into
-    a full GPU fails, or leaves the next sampler short. Only when the tagger will run on CUDA:
-    never for the CPU, nor for an ONNX model when onnxruntime has no CUDA provider."""
-    if handle.device == "cpu" or handle.is_loaded():
+    """Before a tagger is loaded onto ComfyUI's GPU, ask ComfyUI to make room (nodes/_comfy.py).
+    Only when the tagger will run on CUDA: never for the CPU, nor for an ONNX model when
+    onnxruntime has no CUDA provider."""
+    if handle.device == "cpu" or handle.is_loaded() or _comfy.comfy_gpu() is None:
         return
-    try:
-        import comfy.model_management as mm
-
-        gpu = mm.get_torch_device()
-        if gpu.type != "cuda":
-            return
-        if handle.backend != "torch":
+    if handle.backend != "torch":
+        try:
             import onnxruntime as ort
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 return
-        mm.free_memory(_GPU_ROOM, gpu)
-    except Exception:  # making room is a courtesy; loading reports real problems
-        pass
+        except Exception:
+            return
+    _comfy.make_room(_GPU_ROOM)
 
 
 def _model_choices() -> list[str]:
@@ -105,16 +63,8 @@ class TagLoomTaggerLoader:
     def load(self, model, backend="auto", device="auto"):
         from tagloom.tagger.cache import TaggerHandle
 
-        _hook_comfy_unload()
-        if device == "auto":
-            # Respect ComfyUI's own choice (e.g. started with --cpu on a GPU machine).
-            import comfy.model_management as mm
-
-            try:
-                if mm.get_torch_device().type == "cpu":
-                    device = "cpu"
-            except Exception:
-                pass
+        _comfy.hook_unload()
+        device = _comfy.follow_device(device)  # respect ComfyUI's own choice (--cpu on a GPU machine)
         handle = TaggerHandle(model, backend, device)
         _make_room_on_gpu(handle)
         handle.get()  # load now so a missing model fails this node, not the next one
@@ -161,15 +111,12 @@ class TagLoomInterrogate:
                     mcut_general=False, mcut_character=False, replace_underscores=True, escape_parentheses=True,
                     exclude_tags="", max_tags=0, trailing_comma=False, threshold_file="", include_tags="",
                     caption_threshold=0.35, tags_threshold=0.35):
-        import comfy.model_management as mm
-        import comfy.utils
-
         from tagloom import config
         from tagloom.tagger import FormatOptions, Thresholds, read_threshold_json
         from tagloom.tagger.preprocess import comfy_image_to_pil
         from tagloom.tagger.thresholds import find_threshold_file
 
-        _hook_comfy_unload()
+        _comfy.hook_unload()
         _make_room_on_gpu(tagger)  # loaded again after ComfyUI unloaded models
         model = tagger.get()
         thresholds = Thresholds().with_overrides(
@@ -186,14 +133,9 @@ class TagLoomInterrogate:
             exclude=exclude_tags, include=include_tags, max_tags=max_tags, trailing_comma=trailing_comma,
         )
         images = comfy_image_to_pil(image)
-        pbar = comfy.utils.ProgressBar(len(images))
-
-        def progress(done, total):
-            mm.throw_exception_if_processing_interrupted()
-            pbar.update_absolute(done, total)
-
-        mm.throw_exception_if_processing_interrupted()
-        results = model.tag_images(images, thresholds, options, batch_size=8, progress=progress)
+        progress = _comfy.ComfyProgress()
+        progress.start(len(images))
+        results = model.tag_images(images, thresholds, options, batch_size=8, progress=progress.callback())
         captions = [r.caption for r in results]
         tags = [r.tags for r in results]
         scores = [json.dumps({k: v for k, v in r.to_json().items() if k != "file"}, ensure_ascii=False) for r in results]

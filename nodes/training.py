@@ -17,6 +17,8 @@ import re
 import shlex
 from pathlib import Path
 
+from . import _comfy
+
 CATEGORY = "TagLoom/Training"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 
@@ -157,9 +159,6 @@ class TagLoomTrain:
 
     def train(self, mode, dataset, output_name, base_model, epochs, steps, batch_size, learning_rate, resolution,
               rank, tagger_model_name, resume, extra_args="", gpus=1):
-        import comfy.model_management as mm
-        import comfy.utils
-
         from tagloom.training.launcher import TrainingRun
 
         from tagloom.errors import TagLoomError
@@ -169,38 +168,27 @@ class TagLoomTrain:
             raise TagLoomError("gpus: LoRA training runs on one GPU; several GPUs are for the tagger trainer")
         args, out = build_args(mode, dataset, output_name, base_model, epochs, steps, batch_size, learning_rate,
                                resolution, rank, tagger_model_name, resume, extra_args)
-        mm.unload_all_models()  # the child needs the GPU memory ComfyUI's models hold
-        mm.soft_empty_cache()
-        bar = comfy.utils.ProgressBar(1)
+        _comfy.free_everything()  # the child needs the GPU memory ComfyUI's models (and ours) hold
+        progress = _comfy.ComfyProgress()
+        progress.start(1)
         state = {"loss": None}
 
         def on_progress(event):
             if "total" in event and "step" in event:
-                bar.update_absolute(int(event["step"]), int(event["total"]) or 1)
+                progress.update(int(event["step"]), int(event["total"]) or 1)
             if event.get("loss") is not None:
                 state["loss"] = event["loss"]
             if "step" in event and event.get("loss") is not None:
-                _send({"node": "TagLoomTrain", "mode": mode, **event})
+                _comfy.send("tagloom.train", {"node": "TagLoomTrain", "mode": mode, **event})
             if event.get("event") == "epoch":
                 logging.info("TagLoom train: %s", json.dumps(event))
 
         run = TrainingRun(args, gpus=int(gpus))
         logging.info("TagLoom train: %s", " ".join(run.argv))
-        run.follow(on_progress=on_progress, check_cancel=mm.throw_exception_if_processing_interrupted,
+        run.follow(on_progress=on_progress, check_cancel=progress.check,
                    on_line=lambda line: logging.info("TagLoom train: %s", line))
         log = "\n".join(list(run.lines)[-50:])
         return {"ui": {"text": [f"{out} (last loss {state['loss']})"]}, "result": (str(out), log)}
-
-
-def _send(data: dict) -> None:
-    """Progress and loss to the browser (event `tagloom.train`) when a PromptServer runs."""
-    try:
-        from server import PromptServer
-
-        if PromptServer.instance is not None and hasattr(PromptServer.instance, "send_sync"):
-            PromptServer.instance.send_sync("tagloom.train", data)
-    except Exception:
-        pass
 
 
 class TagLoomTrainedTaggerLoader:

