@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--misses", action="store_true", help="also list the queries each path missed")
     args = ap.parse_args(argv)
+    if args.limit is not None and not args.build_index:
+        ap.error("--limit goes with --build-index")
 
     queries = load_queries(args.queries)
     if args.db is None and not (SHARED / "danbooru.csv").is_file():
@@ -340,9 +342,11 @@ def main(argv: list[str] | None = None) -> int:
             runs["fused"] = fused_run(db_path, args.embedder, args.k)
 
     report = evaluate(queries, runs, args.k)
+    from tagloom.search import settings
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     report["setup"] = {
-        "tags": n_tags, "index": index_note, "query_set": str(args.queries), "date": time.strftime("%Y-%m-%d"),
+        "tags": n_tags, "index": index_note, "search_semantic": str(settings.get("search_semantic")), "query_set": str(args.queries), "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}",
         "python": platform.python_version(),
     }
@@ -353,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, ensure_ascii=False, indent=1))
         return 0
     s = report["setup"]
-    print(f"\nTagLoom autocomplete quality — {len(queries)} queries, {s['tags']:,} tags, {s['index']}; "
+    print(f"\nTagLoom autocomplete quality — {len(queries)} queries, {s['tags']:,} tags, {s['index']} "
+          f"(search_semantic {s['search_semantic']}); "
           f"{s['machine']}; {s['date']}\n")
     print(format_table(report))
     if "lost_in_fused" in report:
