@@ -32,10 +32,9 @@ class ComfyProgress(Progress):
 
         return bool(mm.processing_interrupted())
 
-    def check(self) -> None:
-        import comfy.model_management as mm
-
-        mm.throw_exception_if_processing_interrupted()
+    def halt(self) -> None:
+        raise_if_interrupted()
+        super().halt()  # stopped() said so, but the flag was cleared meanwhile
 
     def shown(self) -> None:
         import comfy.utils

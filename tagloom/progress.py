@@ -23,7 +23,7 @@ class Progress:
 
     # --- what jobs call -------------------------------------------------------------------------
     def start(self, total: int) -> None:
-        self.check()  # a job the user already stopped does not begin
+        self._stop_if_stopped()  # a job the user already stopped does not begin
         self.total = max(int(total), 0)
         self.done = 0
         self.shown()
@@ -33,15 +33,19 @@ class Progress:
 
     def update(self, done: int, total: int | None = None) -> None:
         """Absolute position; checks for a stop first, so a cancelled job ends at the next report."""
-        self.check()
+        self._stop_if_stopped()
         if total is not None:
             self.total = max(int(total), 0)
         self.done = int(done)
         self.shown()
 
     def check(self) -> None:
+        """Called between units of work (before every batch)."""
+        self._stop_if_stopped()
+
+    def _stop_if_stopped(self) -> None:
         if self.stopped():
-            raise CancelledError("stopped by the user")
+            self.halt()
 
     def close(self) -> None:
         pass
@@ -53,6 +57,10 @@ class Progress:
 
     def shown(self) -> None:
         """Show ``self.done`` of ``self.total``."""
+
+    def halt(self) -> None:
+        """Raise the host's exception for a stop."""
+        raise CancelledError("stopped by the user")
 
     # --- views for APIs written with callbacks ------------------------------------------------
     def callback(self):

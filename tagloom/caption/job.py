@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from tagloom.progress import Progress  # the core protocol; the old name stays importable here
 from tagloom.caption.files import duplicate_stems, list_images, relative_name
 from tagloom.caption.model import ModelChoice
 # The plan and the predict step are shared with the Ray engine; they are re-exported here under
@@ -104,22 +105,6 @@ class Summary:
                 "failed": [{"file": f, "reason": r} for f, r in self.failed],
                 "seconds": round(self.seconds, 3), "load_seconds": round(self.load_seconds, 3), "images_per_second": round(self.images_per_second, 2),
                 "device": self.device, "provider": self.provider, "output": self.output}
-
-
-class Progress:
-    """What a job reports to: the CLI's bar or the node's ProgressBar. advance() may raise to cancel."""
-
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def check(self) -> None:
-        """Called before every batch; raises to cancel (ComfyUI's Cancel, a test)."""
-
-    def close(self) -> None:
-        pass
 
 
 def select_images(job: CaptionJob, sink) -> tuple[list[Path], int, list[tuple[str, str]], int]:

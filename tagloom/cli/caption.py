@@ -7,6 +7,7 @@ import json
 import sys
 
 from tagloom.cli._options import add_threshold_format_options
+from tagloom.progress import Progress
 
 
 def register(subparsers) -> None:
@@ -52,24 +53,23 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-class TqdmProgress:
-    """A progress bar on stderr with images/s and ETA."""
+class TqdmProgress(Progress):
+    """A progress bar on stderr with images/s and ETA (Ctrl-C arrives as KeyboardInterrupt)."""
 
     def __init__(self, quiet: bool):
+        super().__init__()
         self.quiet, self.bar = quiet, None
 
     def start(self, total: int) -> None:
         from tqdm import tqdm
 
+        super().start(total)
         self.bar = tqdm(total=total, unit="img", desc="captioning", file=sys.stderr, disable=self.quiet,
                         dynamic_ncols=True, smoothing=0.1)
 
-    def advance(self, n: int) -> None:
+    def shown(self) -> None:
         if self.bar is not None:
-            self.bar.update(n)
-
-    def check(self) -> None:
-        pass  # Ctrl-C arrives as KeyboardInterrupt
+            self.bar.update(self.done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
