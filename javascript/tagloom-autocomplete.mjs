@@ -21,6 +21,8 @@ function readSettings() {
     semantic: opt("tagloom_autocomplete_semantic", true),
     replaceUnderscores: opt("tagloom_autocomplete_replace_underscores", true),
     escapeParentheses: opt("tagloom_autocomplete_escape_parentheses", true),
+    // tagcomplete (a1111-sd-webui-tagcomplete) installed too: whose popup opens (core: TAGCOMPLETE)
+    conflict: opt("tagloom_autocomplete_conflict", "tagloom"),
   };
 }
 

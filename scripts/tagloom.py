@@ -77,6 +77,10 @@ def on_ui_settings() -> None:
     add("tagloom_autocomplete_semantic", True, "Semantic suggestions (find tags by meaning; needs `tagloom index build`)")
     add("tagloom_autocomplete_replace_underscores", True, "Insert tags with spaces instead of underscores")
     add("tagloom_autocomplete_escape_parentheses", True, "Escape parentheses in inserted tags, e.g. \\(genshin impact\\)")
+    # Only one popup ever opens when tagcomplete is installed too: "tagloom" hides tagcomplete's
+    # results while ours is open (and keeps Tab/Enter), "other" keeps ours closed (docs/autocomplete.md).
+    add("tagloom_autocomplete_conflict", "tagloom", "When tagcomplete is installed too, whose popup opens",
+        gr.Radio, {"choices": ["tagloom", "other"]})
 
 
 script_callbacks.on_app_started(on_app_started)

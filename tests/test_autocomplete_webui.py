@@ -2,7 +2,7 @@
 under a real uvicorn server on 127.0.0.1.
 
 The WebUI itself (torch, gradio 3, its launcher) cannot run in CI, so its two modules that the script
-touches — ``modules.script_callbacks`` and ``modules.shared`` — and ``gradio.Slider`` are small
+touches — ``modules.script_callbacks`` and ``modules.shared`` — and ``gradio.Slider``/``Radio`` are small
 stand-ins here (a fake, on purpose). What is real: FastAPI, uvicorn, the tag DB, and the way the WebUI
 loads an extension script (by path, module name ``tagloom.py``, the extension folder on sys.path
 only during the load, then its saved sys.path list put back — which is what broke a first version).
@@ -44,7 +44,7 @@ shared.OptionInfo = OptionInfo
 shared.opts = types.SimpleNamespace(add_option=lambda k, info: options.__setitem__(k, info))
 modules.script_callbacks, modules.shared = sc, shared
 sys.modules.update({"modules": modules, "modules.script_callbacks": sc, "modules.shared": shared,
-                    "gradio": types.SimpleNamespace(Slider="Slider")})
+                    "gradio": types.SimpleNamespace(Slider="Slider", Radio="Radio")})
 # modules/scripts.py load_scripts(): basedir on sys.path during the load, then the saved list back
 saved = sys.path
 sys.path = [ext_root] + saved
@@ -98,7 +98,8 @@ def test_webui_script_registers_route_and_settings(tmp_path, tagloom_home):
         assert settings["tagloom_autocomplete_enabled"] == [True, ["tagloom", "TagLoom"]]
         assert set(settings) == {"tagloom_autocomplete_enabled", "tagloom_autocomplete_max_results",
                                  "tagloom_autocomplete_semantic", "tagloom_autocomplete_replace_underscores",
-                                 "tagloom_autocomplete_escape_parentheses"}
+                                 "tagloom_autocomplete_escape_parentheses", "tagloom_autocomplete_conflict"}
+        assert settings["tagloom_autocomplete_conflict"] == ["tagloom", ["tagloom", "TagLoom"]]
         base = f"http://127.0.0.1:{port}/tagloom/autocomplete"
         for _ in range(100):  # uvicorn binds a moment after the line above
             try:

@@ -49,6 +49,20 @@ const SETTINGS = [
     type: "boolean",
     defaultValue: true,
   },
+  {
+    id: `${ID}.Conflict`,
+    category: ["TagLoom", "Autocomplete", "Conflict"],
+    name: "When another tag autocomplete (tagcomplete) is installed too, whose popup opens",
+    tooltip:
+      "Only one popup ever opens. TagLoom: ours opens and the other one's is hidden while ours is open " +
+      "(Tab/Enter are ours). Other: ours stays closed while the other one is installed and switched on.",
+    type: "combo",
+    options: [
+      { text: "TagLoom", value: "tagloom" },
+      { text: "The other autocomplete", value: "other" },
+    ],
+    defaultValue: "tagloom",
+  },
 ];
 
 function setting(id, fallback) {
@@ -67,6 +81,7 @@ function readSettings() {
     semantic: setting(`${ID}.Semantic`, true),
     replaceUnderscores: setting(`${ID}.ReplaceUnderscores`, true),
     escapeParentheses: setting(`${ID}.EscapeParentheses`, true),
+    conflict: setting(`${ID}.Conflict`, "tagloom"),
   };
 }
 

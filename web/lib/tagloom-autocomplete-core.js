@@ -25,7 +25,42 @@ export const DEFAULT_SETTINGS = {
   escapeParentheses: true,
   debounceMs: 120,
   minChars: 1,
+  // Another tag autocomplete on the same page (tagcomplete): "tagloom" = ours opens and theirs is
+  // hidden while ours is open; "other" = ours stays closed while theirs is installed and active.
+  conflict: "tagloom",
 };
+
+/**
+ * Other tag autocompletes we know how to detect and silence. a1111-sd-webui-tagcomplete keeps its
+ * configuration in the page-global `TAC_CFG` (`activeIn.global` is its on/off switch) and shows
+ * its rows in a `.autocompleteResults` element inside an `.autocompleteParent` wrapper per
+ * textarea, shown and hidden through the wrapper's inline `display`.
+ *   global:    a page-global config object whose presence means "installed"
+ *   enabled:   (config) -> false when the other one is switched off
+ *   selector:  its popup elements (detection when there is no global, and hidden by CSS)
+ *   container: the element whose inline display it toggles; set to none when ours closes over it,
+ *              so it does not come back (and take keys) until the user types again
+ */
+export const TAGCOMPLETE = {
+  name: "tagcomplete",
+  global: "TAC_CFG",
+  enabled: (cfg) => !(cfg && cfg.activeIn && cfg.activeIn.global === false),
+  selector: ".autocompleteParent, .autocompleteResults",
+  container: ".autocompleteParent",
+};
+
+/** The first of `others` that is installed and active on this page, or null. */
+export function detectOther(doc, others = [TAGCOMPLETE], global = globalThis) {
+  for (const o of others) {
+    const cfg = o.global && global ? global[o.global] : undefined;
+    if (cfg !== undefined && cfg !== null) {
+      if (!o.enabled || o.enabled(cfg)) return o;
+      continue; // installed but switched off
+    }
+    if (o.selector && doc && doc.querySelector(o.selector)) return o;
+  }
+  return null;
+}
 
 // Characters that end one tag and start the next. Brackets count, so "(long ha" completes
 // "long ha" and keeps the "(" and any ":1.2)" weight around it.
@@ -81,6 +116,39 @@ export function currentToken(text, caret) {
   return { start, end, query, raw, tails: tails.slice(-3) };
 }
 
+/**
+ * The brackets still open at `pos`: a string of "(", "[" and "{", outermost first, escaped ones
+ * (`\(`) ignored; a closer pops its opener. `<...>` (lora, embeddings) counts as a group too.
+ * "masterpiece, ((blonde ha" -> "((" ; "[red|blu" -> "[" ; "(a:1.2), b" -> "".
+ */
+export function openGroups(text, pos = text.length) {
+  const stack = [];
+  const pairs = { ")": "(", "]": "[", "}": "{", ">": "<" };
+  for (let i = 0; i < pos && i < text.length; i++) {
+    const c = text[i];
+    if (c === "\\") {
+      i++; // the escaped character is text
+      continue;
+    }
+    if (c === "(" || c === "[" || c === "{" || c === "<") stack.push(c);
+    else if (pairs[c]) {
+      const at = stack.lastIndexOf(pairs[c]);
+      if (at >= 0) stack.length = at; // a closer also closes anything left open inside it
+    }
+  }
+  return stack.join("");
+}
+
+/**
+ * A formatted tag made safe for the group it goes into: inside `[...]` (prompt editing
+ * `[from:to:when]`, alternation `[a|b]`) a `:` or `|` in the tag (`:d`, `:3`) would split the
+ * group, so it is escaped (`\:d`). Elsewhere the tag is unchanged.
+ */
+export function escapeForGroup(tag, groups) {
+  if (!groups || groups[groups.length - 1] !== "[") return tag;
+  return tag.replace(/(^|[^\\])([:|])/g, "$1\\$2");
+}
+
 function unescape(text) {
   return text.replace(/\\(.)/g, "$1").trim();
 }
@@ -97,28 +165,33 @@ export function formatTag(tag, settings = DEFAULT_SETTINGS) {
 /**
  * What accepting `inserted` for `token` does to `text`: {start, end, insert, caret}, the range of
  * the old text to replace, its replacement and where the caret goes in the new text.
- * Adds ", " after the tag unless a comma, a closing bracket or a weight already follows.
+ * The rules (docs/autocomplete.md, "Accepting inside brackets"):
+ *   1. a comma already after the word is reused: "tag ,  next" -> "tag, next", caret after ", ";
+ *   2. a closer, weight or separator right after the word (`)`, `]`, `}`, `>`, `:`, `|`): the tag
+ *      only, the rest stays: "(blonde ha:1.2)" -> "(blonde hair:1.2)", "[a|blu]" -> "[a|blue]";
+ *   3. inside a bracket still open at the word (`(`, `[`, `{`), the tag only, no ", ": the group
+ *      is the user's to finish (`:1.2)`, `)`, `|b]`, `, next`): "(blonde ha" -> "(blonde hair";
+ *   4. otherwise (top level) the tag and ", ".
+ * Inside `[...]` a `:` or `|` in the tag is escaped (escapeForGroup).
  */
 export function planCompletion(text, token, inserted) {
   const start = token.start;
   let end = token.end;
   const after = text.slice(end);
-  let insert = inserted;
-  let caret;
+  const groups = openGroups(text, start);
+  let insert = escapeForGroup(inserted, groups);
   const comma = after.match(/^[ \t]*,[ \t]*/);
   if (comma) {
     end += comma[0].length; // an existing comma is reused: "tag ,  next" becomes "tag, next"
     insert += ", ";
-    caret = start + insert.length;
-  } else if (/^[ \t]*[)\]}>:|]/.test(after)) {
-    caret = start + insert.length; // inside (tag:1.2) or [a:b]: the tag only
+  } else if (/^[ \t]*[)\]}>:|]/.test(after) || groups) {
+    // inside (tag:1.2), [a:b], [a|b] or a group still open: the tag only
   } else {
     const space = after.match(/^[ \t]*/)[0];
     end += space.length;
     insert += ", ";
-    caret = start + insert.length;
   }
-  return { start, end, insert, caret };
+  return { start, end, insert, caret: start + insert.length };
 }
 
 /** 6008644 -> "6.0M", 15300 -> "15k". */
@@ -190,17 +263,28 @@ const CSS = `
 .tagloom-ac-count { margin-left: auto; padding-left: 12px; color: #a0a4ad; font-size: 12px; font-variant-numeric: tabular-nums; }
 .tagloom-ac-note { padding: 3px 10px; color: #c9b37e; font-size: 11px; white-space: normal; border-top: 1px solid #3a3d46; }
 `;
+// on <html> while our popup is open over another autocomplete (conflict setting "tagloom")
+const SILENCE_CLASS = "tagloom-ac-silence-others";
 
 /**
  * The autocomplete controller. One per page; `attach(textarea)` may be called any number of times.
  *   fetchSuggestions(query, {limit, semantic, signal}) -> Promise<{suggestions: [...], warning?}>
  *   getSettings() -> partial DEFAULT_SETTINGS (read on every keystroke, so changes apply at once)
+ *   others: other autocompletes to detect and keep from opening at the same time (TAGCOMPLETE)
+ *
+ * Outdated answers: every keystroke invalidates the lookups in flight (a sequence number), an
+ * answer is shown only when the word at the caret is still the one it was asked for, and rows on
+ * screen are removed the moment the word changes; Tab/Enter/arrows act only on rows for the word
+ * at the caret (otherwise they are the host's). `popup.dataset.query` holds the word shown.
  */
 export class TagAutocomplete {
-  constructor({ fetchSuggestions, getSettings = () => ({}), document: doc = globalThis.document } = {}) {
+  constructor({ fetchSuggestions, getSettings = () => ({}), document: doc = globalThis.document, others = [TAGCOMPLETE] } = {}) {
     this.fetchSuggestions = fetchSuggestions;
     this.getSettings = getSettings;
     this.doc = doc;
+    this.others = others;
+    this.silenced = null; // the other autocomplete hidden under our open popup
+    this.word = null; // {start, query} of the whole word the rows on screen are for
     this.attached = new WeakSet();
     this.popup = null;
     this.items = [];
@@ -256,10 +340,27 @@ export class TagAutocomplete {
     if (this.suppressInput) return;
     const s = this.settings();
     clearTimeout(this.timer);
+    this.seq++; // whatever is in flight was asked for an older text
     if (!s.enabled || ta.selectionStart !== ta.selectionEnd) return this.hide();
     const token = currentToken(ta.value, ta.selectionStart);
     if (!token || token.query.length < s.minChars) return this.hide();
+    // rows for "blue" must not stay on screen (or be accepted) while "blue ey" is typed
+    // (the other autocomplete stays hidden until this word's answer: no flicker between the two)
+    if (this.visible() && !this.isCurrent(ta)) this.hide(true);
+    if (this.otherWins(s)) return this.hide();
     this.timer = setTimeout(() => this.lookup(ta, token, s), s.debounceMs);
+  }
+
+  /** True when the rows on screen were asked for the word now at `ta`'s caret. */
+  isCurrent(ta) {
+    if (!this.word || this.target !== ta || ta.selectionStart !== ta.selectionEnd) return false;
+    const now = currentToken(ta.value, ta.selectionStart);
+    return !!now && now.start === this.word.start && now.query === this.word.query;
+  }
+
+  /** The conflict setting says the other autocomplete wins, and one is installed and active. */
+  otherWins(s) {
+    return s.conflict === "other" && !!detectOther(this.doc, this.others);
   }
 
   async fetchCached(query, s, seq) {
@@ -289,11 +390,12 @@ export class TagAutocomplete {
       if (seq === this.seq) this.hide();
       return; // a dead or slow server must never get in the way of typing
     }
-    if (seq !== this.seq || this.doc.activeElement !== ta) return; // typing moved on
-    const now = currentToken(ta.value, ta.selectionStart);
-    if (!now || now.query !== token.query) return;
+    if (seq !== this.seq) return; // typing moved on: a newer lookup is coming
+    const now = this.doc.activeElement === ta ? currentToken(ta.value, ta.selectionStart) : null;
+    if (!now || now.query !== token.query || now.start !== token.start) return this.hide();
+    if (this.otherWins(this.settings())) return this.hide();
     this.tail = tail;
-    this.show(ta, withTail(now, tail), answer.suggestions.slice(0, s.maxResults), answer.warning, s);
+    this.show(ta, withTail(now, tail), answer.suggestions.slice(0, s.maxResults), answer.warning, s, now);
   }
 
   ensurePopup() {
@@ -302,7 +404,11 @@ export class TagAutocomplete {
     if (!doc.getElementById(STYLE_ID)) {
       const style = doc.createElement("style");
       style.id = STYLE_ID;
-      style.textContent = CSS;
+      // while ours is open, the other autocomplete's popup is not displayed, whatever it does
+      const silence = this.others
+        .flatMap((o) => (o.selector ? o.selector.split(",") : []))
+        .map((sel) => `html.${SILENCE_CLASS} ${sel.trim()}`);
+      style.textContent = CSS + (silence.length ? `${silence.join(", ")} { display: none !important; }\n` : "");
       doc.head.appendChild(style);
     }
     const popup = doc.createElement("div");
@@ -339,7 +445,7 @@ export class TagAutocomplete {
     return popup;
   }
 
-  show(ta, token, suggestions, warning, s) {
+  show(ta, token, suggestions, warning, s, word = token) {
     const note = warning && !this.warned.has(warning) ? warning : null;
     if (!suggestions.length && !note) return this.hide();
     if (note) this.warned.add(warning);
@@ -349,6 +455,14 @@ export class TagAutocomplete {
     this.items = suggestions;
     this.target = ta;
     this.token = token;
+    this.word = { start: word.start, query: word.query };
+    popup.dataset.query = word.query;
+    const other = detectOther(doc, this.others);
+    if (other) {
+      // conflict "tagloom" (otherWins() stopped us otherwise): one popup on screen, ours
+      this.silenced = other;
+      doc.documentElement.classList.add(SILENCE_CLASS);
+    }
     suggestions.forEach((sug, i) => {
       const cat = categoryName(sug.category);
       const color = CATEGORY_COLORS[cat];
@@ -427,16 +541,33 @@ export class TagAutocomplete {
     if (scroll) rows[this.active].scrollIntoView({ block: "nearest" });
   }
 
-  hide() {
+  /** Close the popup. keepSilence: the other autocomplete stays hidden (a new lookup follows). */
+  hide(keepSilence = false) {
     clearTimeout(this.timer);
     this.seq++; // answers still in flight are stale now
-    if (this.popup) this.popup.hidden = true;
+    if (this.popup) {
+      this.popup.hidden = true;
+      delete this.popup.dataset.query;
+    }
     this.items = [];
     this.target = null;
+    this.word = null;
+    if (this.silenced && !keepSilence) {
+      // the other popup stays closed (and out of the keys) until the user types again
+      const other = this.silenced;
+      this.silenced = null;
+      if (other.container) this.doc.querySelectorAll(other.container).forEach((el) => (el.style.display = "none"));
+      this.doc.documentElement.classList.remove(SILENCE_CLASS);
+    }
   }
 
   onKeyDown(ta, e) {
     if (this.target !== ta || !this.visible() || e.isComposing) return;
+    if (!this.isCurrent(ta)) {
+      // rows for another word (the caret moved, the text changed under us): not ours to act on
+      this.hide();
+      return;
+    }
     const plain = !e.ctrlKey && !e.metaKey && !e.altKey;
     let handled = true;
     if (e.key === "ArrowDown" && plain) this.select(this.active + 1);
@@ -457,7 +588,7 @@ export class TagAutocomplete {
   accept(index) {
     const ta = this.target;
     const sug = this.items[index];
-    if (!ta || !sug) return this.hide();
+    if (!ta || !sug || !this.isCurrent(ta)) return this.hide(); // never a row for an older word
     const s = this.settings();
     // the text may have changed since the popup opened: recompute the word at the caret
     const now = currentToken(ta.value, ta.selectionStart);
