@@ -60,8 +60,6 @@ CREATE TABLE IF NOT EXISTS translations (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS content_version (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
-INSERT OR IGNORE INTO content_version(id, n) VALUES (1, 0);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('database_id', lower(hex(randomblob(16))));
 CREATE TRIGGER IF NOT EXISTS tags_insert_version AFTER INSERT ON tags
     BEGIN UPDATE content_version SET n = n + 1 WHERE id = 1; END;
 CREATE TRIGGER IF NOT EXISTS tags_update_version AFTER UPDATE OF id, name, category, post_count, main_category ON tags
@@ -107,6 +105,7 @@ class TagDB:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)
+        self._seed()
 
     def close(self) -> None:
         self.conn.close()
@@ -116,6 +115,19 @@ class TagDB:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _seed(self) -> None:
+        """The change counter's row and the database's random id, written once. Only read when they
+        exist: an INSERT, even one that inserts nothing, would wait for any other writer."""
+        seeded = self.conn.execute(
+            "SELECT (SELECT COUNT(*) FROM content_version) + (SELECT COUNT(*) FROM meta WHERE key = 'database_id')"
+        ).fetchone()[0]
+        if seeded < 2:
+            with self.conn:
+                self.conn.execute("INSERT OR IGNORE INTO content_version(id, n) VALUES (1, 0)")
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('database_id', lower(hex(randomblob(16))))"
+                )
 
     # --- writing -------------------------------------------------------------------------------
     def upsert_tags(self, rows: Iterable[dict]) -> int:
