@@ -308,7 +308,7 @@ def test_warm_up_loads_a_built_semantic_index_before_the_first_query(tmp_path, m
     clear_cache()
     warm_up(path).join(60)
     engine = get_engine(path)
-    _, done, _ = engine._semantic[None]  # the load the warm-up started
+    done = engine._semantic[None][1]  # (stamp, Event, ...): the load the warm-up started
     assert done.wait(120)
     monkeypatch.setenv("TAGLOOM_SEARCH_MODEL_WAIT", "0")
     assert "semantic" in {r["reason"] for r in suggest("two ponytails", limit=5, db_path=path)}
