@@ -63,7 +63,10 @@ class _TagJobNode:
 
         task = jobs.TASKS[self.TASK]
         if tiers_file.strip():
-            tiers = load_tiers(tiers_file.strip())
+            from tagloom.workflow_paths import settings_file
+
+            # a shared workflow reads a tiers file only from user/tagloom, input/ or workflow_roots
+            tiers = load_tiers(settings_file(tiers_file.strip(), "tiers file"))
             for t in tiers:
                 t.timeout = float(timeout)
         else:

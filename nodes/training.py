@@ -17,6 +17,8 @@ import re
 import shlex
 from pathlib import Path
 
+from tagloom import workflow_paths
+
 from . import _comfy
 
 CATEGORY = "TagLoom/Training"
@@ -70,16 +72,8 @@ def build_args(mode, dataset, output_name, base_model, epochs, steps, batch_size
     from tagloom.training.lora.train import output_path
 
     name = _check_name(output_name)
-    ds = Path(dataset.strip()).expanduser()
-    if not ds.is_absolute():
-        try:
-            import folder_paths
-
-            ds = Path(folder_paths.get_input_directory()) / ds
-        except ImportError:
-            pass
-    if not ds.is_dir():
-        raise InputFileError(ds, "dataset folder not found (images with same-named .txt captions)")
+    # a shared workflow may train only on a folder of input/, output/ or the workflow_roots setting
+    ds = workflow_paths.data_folder(dataset, "dataset folder", " (images with same-named .txt captions)")
     extra = shlex.split(extra_args or "")
     if mode == "tagger":
         out = config.models_dir() / name
@@ -223,9 +217,7 @@ class TagLoomTrainedTaggerLoader:
             folder = next((d / model for d in config.model_search_dirs() if (d / model / "config.json").is_file()), None)
         if folder is None or not folder.is_dir():
             raise InputFileError(path or model, "no trained tagger folder of that name in models/tagloom")
-        allowed = [d.resolve() for d in config.model_search_dirs()]
-        if not any(folder.resolve().is_relative_to(d) for d in allowed):
-            raise InputFileError(folder, "is outside models/tagloom (workflows may only load models from there)")
+        folder = workflow_paths.model_folder(folder, config.model_search_dirs(), "models/tagloom")
         handle = TaggerHandle(str(folder), backend, device)
         handle.get()
         metrics = (folder / "metrics.json").read_text() if (folder / "metrics.json").is_file() else "{}"
@@ -264,12 +256,9 @@ class TagLoomTrainedLoraLoader:
         import folder_paths
 
         if path:
-            p = Path(path).resolve()
             roots = [Path(r).resolve() for r in folder_paths.get_folder_paths("loras")]
-            root = next((r for r in roots if p.is_relative_to(r)), None)
-            if root is None:
-                raise InputFileError(path, "is outside models/loras")
-            lora_name = p.relative_to(root).as_posix()
+            p = workflow_paths.model_folder(path, roots, "models/loras")
+            lora_name = p.relative_to(next(r for r in roots if p.is_relative_to(r))).as_posix()
         full = folder_paths.get_full_path("loras", lora_name)
         if not full:
             raise InputFileError(lora_name, "not found in models/loras")

@@ -45,7 +45,9 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "search_store": ("auto", "dense vectors of the semantic index: auto (chromadb when it imports, else numpy), chroma, numpy"),
     "chroma_host": ("", "a chromadb server (HttpClient) instead of the embedded PersistentClient; empty = embedded"),
     "chroma_port": (8000, "the chromadb server's port"),
-    "caption_roots": ("", "extra folders the caption node may use, os.pathsep-separated (input/ and output/ always)"),
+    "workflow_roots": ("", "extra folders that workflows' nodes may use (caption and training datasets, tiers files), "
+                           "os.pathsep-separated (ComfyUI's input/ and output/ always); tagloom/workflow_paths.py"),
+    "caption_roots": ("", "the older name of workflow_roots (both are honoured)"),
     "hf_offline": (False, "never contact the Hugging Face hub; use only files already present"),
 }
 

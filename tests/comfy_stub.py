@@ -138,6 +138,7 @@ def install(base: Path, routes=None) -> dict[str, types.ModuleType]:
     sys.modules.update(modules)
     STATE.interrupt = False
     STATE.progress = []
+    STATE.unloaded = 0
     return modules
 
 

@@ -13,6 +13,13 @@ torch = pytest.importorskip("torch", reason="needs torch (the dev venv has it; t
 from train_data import make_dataset
 
 
+
+@pytest.fixture(autouse=True)
+def datasets_allowed(tmp_path, monkeypatch):
+    """These tests keep their datasets in tmp_path, which the user allows here explicitly (the
+    workflow_roots setting); test_dataset_outside_the_allowed_folders_is_refused checks the default."""
+    monkeypatch.setenv("TAGLOOM_WORKFLOW_ROOTS", str(tmp_path))
+
 def _train_node(pack):
     return pack.NODE_CLASS_MAPPINGS["TagLoomTrain"]()
 
@@ -164,3 +171,20 @@ def test_trained_loaders_without_a_choice_or_a_path_say_so(comfy_pack):
         m["TagLoomTrainedTaggerLoader"]().load("", "auto", "cpu")
     with pytest.raises(InputFileError, match="choose a LoRA, or link a path"):
         m["TagLoomTrainedLoraLoader"]().load(None, None, "")
+
+
+def test_dataset_outside_the_allowed_folders_is_refused(comfy_pack, comfy, tmp_path, monkeypatch):
+    """A shared workflow cannot train on (read) an arbitrary folder: only input/, output/ and the
+    workflow_roots setting (tagloom/workflow_paths.py); a relative name is inside input/."""
+    from tagloom.errors import TagLoomError
+
+    monkeypatch.delenv("TAGLOOM_WORKFLOW_ROOTS")
+    outside = tmp_path / "elsewhere"
+    make_dataset(outside, 2)
+    for name in (str(outside), "../../elsewhere"):
+        with pytest.raises(TagLoomError, match="not allowed"):
+            _call(_train_node(comfy_pack), dataset=name)
+    inside = tmp_path / "comfyui" / "input" / "my_ds"
+    inside.mkdir(parents=True)
+    with pytest.raises(TagLoomError, match="no images found"):  # accepted: the trainer itself looked
+        _call(_train_node(comfy_pack), dataset="my_ds")

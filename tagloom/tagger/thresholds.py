@@ -96,20 +96,8 @@ def mcut_threshold(probs: np.ndarray) -> float:
 
 def find_threshold_file(name: str, search_dirs) -> Path:
     """A threshold file named by a node input: a name relative to one of ``search_dirs`` (the model
-    folder, the models folder, ComfyUI's input folder), or an absolute path inside one of them.
-    Workflows are shared, so a path outside those folders is refused rather than read."""
-    from tagloom.errors import TagLoomError
+    folder, the models folder, ComfyUI's input folder), or an absolute path inside one of them
+    (tagloom/workflow_paths.py: workflows are shared, so a path outside is refused rather than read)."""
+    from tagloom.workflow_paths import find_file
 
-    dirs = [Path(d).resolve() for d in search_dirs if d]
-    raw = Path(name.strip()).expanduser()
-    candidates = [raw] if raw.is_absolute() else [d / raw for d in dirs]
-    for cand in candidates:
-        real = cand.resolve()
-        if not any(real == d or d in real.parents for d in dirs):
-            if raw.is_absolute():
-                raise TagLoomError(f"threshold file {name!r} is outside the allowed folders "
-                                   f"({', '.join(map(str, dirs))})")
-            continue
-        if real.is_file():
-            return real
-    raise InputFileError(raw, "not found (looked in " + ", ".join(map(str, dirs)) + ")")
+    return find_file(name, search_dirs, "threshold file")
