@@ -17,7 +17,7 @@ def _import(args) -> int:
 
     with _db(args) as db:
         for path in args.files:
-            stats = import_file(db, path, args.format, lang=args.lang)
+            stats = import_file(db, path, args.format, lang=args.lang, overwrite=args.overwrite)
             print(f"{path}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in stats.items()))
     return 0
 
@@ -39,14 +39,29 @@ def _export(args) -> int:
 
 
 def _fetch(args) -> int:
-    from tagloom.tags.fetch import fetch
+    from tagloom.tags.fetch import fetch, fetch_wiki
 
     with _db(args) as db:
         result = fetch(db, args.url, args.translations)
-    t = result["tags"]
-    print(f"{result['file']}: {t['format']}, {t['lines']:,} lines, {t.get('aliases_added', 0):,} new aliases")
-    if "translations" in result:
-        print(f"translations: {result['translations'].get('translations_added', 0):,} new")
+        t = result["tags"]
+        print(f"{result['file']}: {t['format']}, {t['lines']:,} lines, {t.get('aliases_added', 0):,} new aliases")
+        if "translations" in result:
+            print(f"translations: {result['translations'].get('translations_added', 0):,} new")
+        if not (args.wiki or args.wiki_file):
+            return 0
+
+        def progress(n):
+            print(f"\rwiki pages: {n:,}", end="", file=sys.stderr, flush=True)
+
+        # The tag list is committed above: a wiki source that fails only costs the descriptions.
+        w = fetch_wiki(db, base_url=args.wiki_base_url, dump=args.wiki_file, min_interval=args.interval,
+                       max_pages=args.max_pages, overwrite=args.overwrite, progress=progress)
+    print(file=sys.stderr)
+    if w.get("error"):
+        print(f"warning: wiki descriptions not fetched: {w['error']} (the tag list is imported; run "
+              f"`tagloom tags fetch --wiki` again to resume)", file=sys.stderr)
+        return 0
+    print("wiki: " + ", ".join(f"{k} {v:,}" for k, v in w.items() if isinstance(v, int)))
     return 0
 
 
@@ -59,7 +74,7 @@ def _danbooru(args) -> int:
     with _db(args) as db:
         counts = import_api(
             db, args.base_url, endpoints=args.what, min_posts=args.min_posts, max_pages=args.max_pages,
-            restart=args.restart, min_interval=args.interval, progress=progress,
+            restart=args.restart, min_interval=args.interval, progress=progress, overwrite=args.overwrite,
         )
     print(file=sys.stderr)
     print(", ".join(f"{k} {v:,}" for k, v in counts.items()))
@@ -88,9 +103,11 @@ def register(subparsers) -> None:
     q = sub.add_parser("import", help="import tag lists or translations (CSV, JSON lines)")
     q.add_argument("files", nargs="+", metavar="FILE", help="tag lists or translation files")
     q.add_argument("--format", default="auto",
-                   choices=["auto", "tagcomplete", "selected_tags", "translations", "jsonl", "danbooru_json", "csv"],
-                   help="file format (auto: detected from the content)")
+                   choices=["auto", "tagcomplete", "selected_tags", "translations", "jsonl", "danbooru_json", "csv", "wiki"],
+                   help="file format (auto: detected from the content; wiki: a Danbooru wiki dump, JSON/JSON lines/CSV)")
     q.add_argument("--lang", help="language of translations (default: detected from the script)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="wiki: replace descriptions from other sources (tagloom describe) too")
     common(q)
     q.set_defaults(handler=_import)
 
@@ -103,6 +120,13 @@ def register(subparsers) -> None:
     q = sub.add_parser("fetch", help="download a published tag list and import it")
     q.add_argument("--url", default=DEFAULT_URL, help=f"tag list URL (default: {DEFAULT_URL})")
     q.add_argument("--translations", metavar="URL", help="also download and import a translation CSV")
+    q.add_argument("--wiki", action="store_true",
+                   help="also get the Danbooru wiki descriptions from the API (resumable, one request per --interval)")
+    q.add_argument("--wiki-base-url", default=DEFAULT_BASE, help="Danbooru server for --wiki")
+    q.add_argument("--wiki-file", metavar="URL_OR_FILE", help="a wiki dump (JSON, JSON lines or CSV) to import instead of the API")
+    q.add_argument("--interval", type=float, default=1.0, help="seconds between wiki API requests (default 1)")
+    q.add_argument("--max-pages", type=int, help="stop the wiki after this many API pages (resume later)")
+    q.add_argument("--overwrite", action="store_true", help="wiki descriptions replace those from other sources")
     common(q)
     q.set_defaults(handler=_fetch)
 
@@ -113,6 +137,7 @@ def register(subparsers) -> None:
     q.add_argument("--max-pages", type=int, help="stop after this many pages per endpoint (resume later)")
     q.add_argument("--interval", type=float, default=1.0, help="seconds between requests (default 1)")
     q.add_argument("--restart", action="store_true", help="forget the saved cursors and read everything again")
+    q.add_argument("--overwrite", action="store_true", help="wiki descriptions replace those from other sources")
     common(q)
     q.set_defaults(handler=_danbooru)
 

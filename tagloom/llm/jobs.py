@@ -85,7 +85,7 @@ def _validate_describe(tag: str, value) -> dict | None:
 
 
 def _apply_describe(db: TagDB, a: dict, source: str, prompt_version: str) -> None:
-    db.set_description(a["tag"], a["description"])
+    db.set_description(a["tag"], a["description"], source)
     if a["zh"]:
         db.add_translations([(a["tag"], "zh", a["zh"])])
 

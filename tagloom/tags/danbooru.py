@@ -1,5 +1,7 @@
 """Import from the Danbooru JSON API: ``/tags.json``, ``/tag_aliases.json`` and ``/wiki_pages.json``
-(descriptions, and the page's ``other_names`` as translations).
+(descriptions, and the page's ``other_names`` as translations; tagloom/tags/wiki.py turns the DText
+into text and keeps descriptions from other sources, such as ``tagloom describe``, unless
+``overwrite``).
 
 Paged by id cursor (``page=a<id>``: the records after an id), so a page is never skipped or repeated
 when tags are added while we read; the cursor of each endpoint is saved in the database's ``meta``
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -25,8 +26,8 @@ from typing import Callable
 
 from tagloom import __version__, config
 from tagloom.errors import CancelledError, TagLoomError
+from tagloom.tags import wiki
 from tagloom.tags.db import TagDB, canonical
-from tagloom.tags.importers import detect_language
 
 DEFAULT_BASE = "https://danbooru.donmai.us"
 PAGE_LIMIT = 1000
@@ -87,24 +88,9 @@ class DanbooruClient:
         raise AssertionError("unreachable")
 
 
-_DTEXT_LINK = re.compile(r"\[\[([^|\]]+)\|?([^\]]*)\]\]")
-_DTEXT_TAG = re.compile(r"\[/?[a-z0-9]+(=[^\]]*)?\]", re.I)
-_HEADER = re.compile(r"^h[1-6](#[\w-]+)?\.\s*", re.M)
-
-
-def wiki_summary(body: str, limit: int = 300) -> str:
-    """The first prose paragraph of a DText wiki body, markup stripped, at most ``limit`` chars."""
-    for para in re.split(r"\r?\n\s*\r?\n", body or ""):
-        para = para.strip()
-        if not para or _HEADER.match(para) or para.startswith(("*", "[table", "[expand", "!")):
-            continue
-        text = _DTEXT_LINK.sub(lambda m: m.group(2) or m.group(1), para)
-        text = _DTEXT_TAG.sub("", text)
-        text = re.sub(r'"([^"]+)":\S+', r"\1", text)  # "label":url links
-        text = re.sub(r"\s+", " ", text).strip()
-        if text:
-            return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
-    return ""
+def wiki_summary(body: str, limit: int = wiki.SUMMARY_CHARS) -> str:
+    """The first prose sentences of a DText wiki body, markup stripped, at most ``limit`` chars."""
+    return wiki.summarize(body, limit)
 
 
 def _cursor_key(base: str, endpoint: str) -> str:
@@ -123,11 +109,15 @@ def import_api(
     progress: Callable[[str, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     page_limit: int = PAGE_LIMIT,
+    overwrite: bool = False,
 ) -> dict:
-    """Fetch tags, aliases and wiki descriptions into ``db``. Returns counts per endpoint."""
+    """Fetch tags, aliases and wiki descriptions into ``db``. Returns counts per endpoint (records
+    read), plus for the wiki what became of its pages (``wiki_descriptions_set`` and the like).
+    A wiki description replaces one from another source only with ``overwrite``."""
     client = client or DanbooruClient(base_url, min_interval=min_interval)
     base = client.base
     counts = {}
+    wiki_stats: dict = {}
     specs = {
         "tags": ("/tags.json", {"search[hide_empty]": "yes", **({"search[post_count]": f">={min_posts}"} if min_posts else {})}),
         "aliases": ("/tag_aliases.json", {"search[status]": "active"}),
@@ -166,16 +156,13 @@ def import_api(
                     if r.get("antecedent_name") and r.get("consequent_name") and r.get("status", "active") == "active"
                 )
             else:
-                live = [r for r in page if r.get("title") and not r.get("is_deleted")]
-                db.set_descriptions((r["title"], s) for r in live if (s := wiki_summary(r.get("body", ""))))
-                # A wiki page's other_names (mostly Japanese and Chinese names of the tag) become
-                # translations, for tags that exist: they are what multilingual queries match.
-                known = db.existing_names(r["title"] for r in live if r.get("other_names"))
-                db.add_translations(
-                    (r["title"], detect_language(n), n)
-                    for r in live if canonical(r["title"]) in known
-                    for n in r.get("other_names") or [] if isinstance(n, str) and n.strip()
-                )
+                # Pages for tags that exist set descriptions; their other_names (mostly Japanese and
+                # Chinese names of the tag) become translations: what multilingual queries match.
+                wiki.apply_pages(db, (
+                    {"title": canonical(r["title"]), "body": r.get("body") if isinstance(r.get("body"), str) else "",
+                     "other_names": wiki.other_names(r.get("other_names")), "is_deleted": bool(r.get("is_deleted"))}
+                    for r in page if isinstance(r.get("title"), str) and r["title"].strip()
+                ), wiki_stats, overwrite=overwrite)
             n += len(page)
             cursor = max(ids)
             db.set_meta(key, str(cursor))  # after the page is committed: a crash re-reads at most one page
@@ -184,5 +171,8 @@ def import_api(
             if len(page) < page_limit:
                 break
         counts[endpoint] = n
+    for k in ("descriptions_set", "descriptions_kept", "translations_added", "unknown_tags"):
+        if k in wiki_stats:
+            counts[f"wiki_{k}"] = wiki_stats[k]
     counts["requests"] = client.requests
     return counts

@@ -7,6 +7,11 @@ The pack's categories (``main_category``/``sub_category``) are filled by the LLM
 ``category_source`` telling who set them (``llm:<model>``, ``neighbors``, ``human``), the prompt
 version and the time, so a run can resume and never re-ask for a tag already answered.
 
+``description_source`` says where the description came from: ``wiki`` (the Danbooru wiki, from the
+API or a dump), ``llm:<model>`` (``tagloom describe``), ``import`` (our own export imported back
+without one); NULL for descriptions written before the column existed. The wiki importers replace
+only their own descriptions (and empty ones) unless told to overwrite.
+
 ``changed_at`` moves whenever anything the search index embeds changes (name, aliases,
 translations, description, categories), so the index rebuilds only those tags.
 
@@ -37,6 +42,7 @@ CREATE TABLE IF NOT EXISTS tags (
     category INTEGER,
     post_count INTEGER NOT NULL DEFAULT 0,
     description TEXT,
+    description_source TEXT,
     main_category TEXT,
     sub_category TEXT,
     category_confidence REAL,
@@ -106,6 +112,18 @@ class TagDB:
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)
         self._seed()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after a database was created (CREATE TABLE IF NOT EXISTS keeps old tables)."""
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(tags)")}
+        if "description_source" not in cols:
+            try:
+                with self.conn:
+                    self.conn.execute("ALTER TABLE tags ADD COLUMN description_source TEXT")
+            except sqlite3.OperationalError as e:  # another process added it meanwhile
+                if "duplicate column" not in str(e):
+                    raise
 
     def close(self) -> None:
         self.conn.close()
@@ -132,23 +150,27 @@ class TagDB:
     # --- writing -------------------------------------------------------------------------------
     def upsert_tags(self, rows: Iterable[dict]) -> int:
         """Insert or update tags from dicts with ``name`` and any of ``category``, ``post_count``,
-        ``description``. Fields that are None leave the stored value alone. Returns rows written."""
+        ``description`` (with ``description_source``). Fields that are None leave the stored value
+        alone. Returns rows written."""
         now = time.time()
         n = 0
         with self._lock, self.conn:
             for row in rows:
                 name = canonical(row["name"])
                 self.conn.execute(
-                    """INSERT INTO tags(name, category, post_count, description, changed_at)
-                       VALUES (?, ?, COALESCE(?, 0), ?, ?)
+                    """INSERT INTO tags(name, category, post_count, description, description_source, changed_at)
+                       VALUES (?, ?, COALESCE(?, 0), ?, ?, ?)
                        ON CONFLICT(name) DO UPDATE SET
                          category = COALESCE(excluded.category, tags.category),
                          post_count = CASE WHEN ? IS NULL THEN tags.post_count ELSE excluded.post_count END,
                          description = COALESCE(excluded.description, tags.description),
+                         description_source = CASE WHEN excluded.description IS NULL THEN tags.description_source
+                                                   ELSE excluded.description_source END,
                          changed_at = CASE WHEN tags.category IS NOT COALESCE(excluded.category, tags.category)
                                              OR tags.description IS NOT COALESCE(excluded.description, tags.description)
                                            THEN excluded.changed_at ELSE tags.changed_at END""",
-                    (name, row.get("category"), row.get("post_count"), row.get("description"), now, row.get("post_count")),
+                    (name, row.get("category"), row.get("post_count"), row.get("description"),
+                     row.get("description_source") if row.get("description") is not None else None, now, row.get("post_count")),
                 )
                 n += 1
         return n
@@ -200,10 +222,14 @@ class TagDB:
                     n += 1
         return n
 
-    def set_description(self, name: str, description: str) -> None:
+    def set_description(self, name: str, description: str, source: str | None = None) -> None:
+        """Set a tag's description (``source``: its provenance, e.g. ``llm:<model>``); ``changed_at``
+        moves only when the text changes."""
         with self._lock, self.conn:
             self.conn.execute(
-                "UPDATE tags SET description=?, changed_at=? WHERE name=?", (description, time.time(), canonical(name))
+                """UPDATE tags SET description=?, description_source=?,
+                   changed_at = CASE WHEN description IS NOT ? THEN ? ELSE changed_at END WHERE name=?""",
+                (description, source, description, time.time(), canonical(name)),
             )
 
     def set_pack_category(
@@ -242,18 +268,37 @@ class TagDB:
             else:
                 self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
-    def set_descriptions(self, pairs: Iterable[tuple[str, str]]) -> int:
-        """(tag, description) pairs for tags that exist; unknown tags are skipped. Returns changed."""
+    def set_descriptions(self, pairs: Iterable[tuple[str, str]], source: str | None = None, overwrite: bool = True,
+                         counts: bool = False):
+        """(tag, description) pairs for tags that exist; unknown tags are skipped. Returns how many
+        changed, or with ``counts`` a dict: ``set`` (text changed), ``unchanged``, ``kept`` (left alone:
+        a non-empty description from another source, or of unknown source, and not ``overwrite``),
+        ``unknown`` (no such tag). ``changed_at`` moves only for ``set``, so the index re-embeds
+        only those tags."""
         now = time.time()
-        n = 0
+        c = {"set": 0, "unchanged": 0, "kept": 0, "unknown": 0}
         with self._lock, self.conn:
             for name, text in pairs:
-                cur = self.conn.execute(
-                    "UPDATE tags SET description=?, changed_at=? WHERE name=? AND description IS NOT ?",
-                    (text, now, canonical(name), text),
+                row = self.conn.execute(
+                    "SELECT id, description, description_source FROM tags WHERE name=?", (canonical(name),)
+                ).fetchone()
+                if row is None:
+                    c["unknown"] += 1
+                    continue
+                old, old_source = row[1], row[2]
+                if not overwrite and old and old_source != source:
+                    c["kept"] += 1
+                    continue
+                if old == text:
+                    c["unchanged"] += 1
+                    if old_source != source:
+                        self.conn.execute("UPDATE tags SET description_source=? WHERE id=?", (source, row[0]))
+                    continue
+                self.conn.execute(
+                    "UPDATE tags SET description=?, description_source=?, changed_at=? WHERE id=?", (text, source, now, row[0])
                 )
-                n += cur.rowcount
-        return n
+                c["set"] += 1
+        return c if counts else c["set"]
 
     # --- reading -------------------------------------------------------------------------------
     def existing_names(self, names: Iterable[str]) -> set[str]:

@@ -11,7 +11,7 @@ from tagloom.tags.db import DANBOORU_CATEGORIES, TagDB
 
 FIELDS = [
     "name", "category", "category_name", "post_count", "aliases", "translations", "description",
-    "main_category", "sub_category", "category_confidence", "category_source",
+    "description_source", "main_category", "sub_category", "category_confidence", "category_source",
     "category_prompt_version", "category_updated_at",
 ]
 

@@ -7,6 +7,12 @@ post counts and aliases, refreshed by its maintainers from the Danbooru API. Its
 list (the e621 one beside it, a mirror, a file on a local server) and ``--translations URL`` adds a
 translation CSV. The download resumes (HTTP Range) when a ``.part`` file is left from an interrupted
 run; it is imported only once it is complete.
+
+``--wiki`` then adds the Danbooru wiki descriptions (``fetch_wiki``): from the API's
+``/wiki_pages.json`` (the resumable, rate-limited importer of tagloom/tags/danbooru.py, its cursor
+kept in the database, so a later run fetches only new pages), or from a published dump
+(``--wiki-file``, a URL or a local file). The tag list is imported and committed first; a wiki
+source that fails is reported and leaves the tag list as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from tagloom import __version__, config
-from tagloom.errors import TagLoomError
+from tagloom.errors import CancelledError, TagLoomError
 
 DEFAULT_URL = "https://raw.githubusercontent.com/DominikDoom/a1111-sd-webui-tagcomplete/main/tags/danbooru.csv"
 
@@ -66,3 +72,30 @@ def fetch(db, url: str = DEFAULT_URL, translations_url: str | None = None, progr
         tpath = download(translations_url, folder / (Path(translations_url.split("?")[0]).name or "translations.csv"))
         result["translations"] = import_file(db, tpath, "translations")
     return result
+
+
+def fetch_wiki(db, base_url: str | None = None, dump: str | None = None, min_interval: float = 1.0,
+               max_pages: int | None = None, overwrite: bool = False, progress=None, client=None) -> dict:
+    """Wiki descriptions into ``db`` from the Danbooru API (``base_url``) or a dump (``dump``: a URL or
+    a file). Returns the counts, or ``{"error": message}`` when the source failed (what was written
+    before the failure stays; the API importer resumes from its saved cursor)."""
+    from tagloom.tags import danbooru
+    from tagloom.tags.wiki import import_wiki
+
+    try:
+        if dump:
+            path = Path(dump)
+            if dump.startswith(("http://", "https://")):
+                name = Path(dump.split("?")[0]).name or "wiki_pages.json"
+                path = download(dump, config.data_dir() / "downloads" / name)
+            return import_wiki(db, path, overwrite=overwrite, progress=progress)
+        counts = danbooru.import_api(
+            db, base_url or danbooru.DEFAULT_BASE, endpoints=("wiki",), max_pages=max_pages, min_interval=min_interval,
+            client=client, overwrite=overwrite, progress=(lambda _e, n: progress(n)) if progress else None,
+        )
+        return {"pages": counts["wiki"], **{k[5:]: v for k, v in counts.items() if k.startswith("wiki_")},
+                "requests": counts["requests"]}
+    except CancelledError:
+        raise
+    except TagLoomError as e:
+        return {"error": str(e)}

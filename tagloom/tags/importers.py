@@ -12,6 +12,8 @@ Formats (``detect_format`` picks one from the file name and its first line):
 - ``jsonl``: TagLoom's own export (``tagloom tags export --format jsonl``), one tag object a line.
 - ``csv``: TagLoom's own CSV export (header ``name,category,category_name,...``).
 - ``danbooru_json``: a saved Danbooru ``/tags.json`` page (a JSON list of tag objects).
+- ``wiki``: a Danbooru wiki dump (JSON array, JSON lines or CSV of pages with ``title`` and ``body``):
+  descriptions and translations for tags already in the database (tagloom/tags/wiki.py).
 """
 
 from __future__ import annotations
@@ -19,29 +21,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from pathlib import Path
 from typing import Callable, Iterator
 
 from tagloom.errors import InputFileError
 from tagloom.tags.db import CATEGORY_IDS, TagDB
+from tagloom.tags.lang import detect_language  # noqa: F401 - also imported from here
 
-FORMATS = ("tagcomplete", "selected_tags", "translations", "jsonl", "danbooru_json", "csv")
+FORMATS = ("tagcomplete", "selected_tags", "translations", "jsonl", "danbooru_json", "csv", "wiki")
 BATCH = 5000
 
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-_KANA = re.compile(r"[\u3040-\u30ff]")
-_HANGUL = re.compile(r"[\uac00-\ud7af]")
-
-
-def detect_language(text: str) -> str:
-    if _KANA.search(text):
-        return "ja"
-    if _HANGUL.search(text):
-        return "ko"
-    if _CJK.search(text):
-        return "zh"
-    return "en"
 
 
 def _is_int(s: str) -> bool:
@@ -70,11 +59,25 @@ def detect_format(path: str | Path) -> str:
     if not first:
         raise InputFileError(path, "empty file")
     if first.startswith("{"):
-        return "jsonl"
+        from tagloom.tags.wiki import is_wiki_object
+
+        try:
+            obj = json.loads(first)
+        except json.JSONDecodeError:
+            obj = None
+        return "wiki" if is_wiki_object(obj) else "jsonl"
     if first.startswith("["):
-        return "danbooru_json"
+        from tagloom.tags.wiki import is_wiki_object, iter_json_array
+
+        try:
+            obj = next((o for _, o in iter_json_array(path)), None)
+        except InputFileError:
+            obj = None  # the import names the bad line
+        return "wiki" if is_wiki_object(obj) else "danbooru_json"
     row = next(csv.reader([first]))
     head = [c.strip().lower() for c in row]
+    if "title" in head and "body" in head:
+        return "wiki"
     if head[:4] == ["tag_id", "name", "category", "count"] or (head[:1] == ["tag_id"] and "name" in head):
         return "selected_tags"
     if head[:3] == ["name", "category", "category_name"]:
@@ -151,13 +154,19 @@ def import_file(
     fmt: str = "auto",
     lang: str | None = None,
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> ImportStats:
-    """Import one file into ``db``. Returns counts; raises InputFileError naming file and line."""
+    """Import one file into ``db``. Returns counts; raises InputFileError naming file and line.
+    ``overwrite``: a wiki dump replaces descriptions from other sources too."""
     path = Path(path)
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt not in FORMATS:
         raise InputFileError(path, f"unknown format {fmt!r} (one of auto, {', '.join(FORMATS)})")
+    if fmt == "wiki":
+        from tagloom.tags.wiki import import_wiki
+
+        return ImportStats(import_wiki(db, path, overwrite=overwrite, progress=progress))
     stats = ImportStats(format=fmt, lines=0)
     tags: list[dict] = []
     aliases: list[tuple[str, str]] = []
@@ -249,6 +258,7 @@ def import_file(
                     "post_count": _int(path, line, str(row["post_count"]), "post_count")
                     if row.get("post_count") not in (None, "") else None,
                     "description": row.get("description") or None,
+                    "description_source": row.get("description_source") or ("import" if row.get("description") else None),
                 }
             )
             for a in row.get("aliases") or []:
