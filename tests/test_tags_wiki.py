@@ -68,6 +68,7 @@ def test_summary_strips_dtext_and_takes_the_first_meaningful_sentences():
             "[i]A character[/i] from [url=https://example.com]a game[/url] <https://example.com>. "
             "[[Hatsune Miku (cosplay)|]] wears it. See [[ponytail]] for more.\n\nSecond paragraph.")
     assert summarize(body) == "A character from a game. Hatsune Miku wears it."
+    assert summarize("See-through clothing. See [[x]] for more.") == "See-through clothing."
     assert summarize("[expand=Spoiler]hidden.[/expand]\n\n* only a list") == ""
     assert summarize("") == "" and summarize(None) == ""
 

@@ -55,7 +55,7 @@ _TAG = re.compile(r"\[/?[a-z][a-z0-9]*(?:=[^\]]*)?\]", re.I)
 _BARE_URL = re.compile(r"<https?://[^>]*>|https?://\S*[^\s.,;:!?)\]]")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 _SKIP_SENTENCE = re.compile(
-    r"^(see also|see\b|not to be confused|do not confuse|not to confuse|for the .{0,60}, see|compare\b|"
+    r"^(see also|see\s|not to be confused|do not confuse|not to confuse|for the .{0,60}, see|compare\b|"
     r"this (wiki )?page is (a stub|incomplete)|please (see|help))", re.I)
 _QUALIFIER = re.compile(r"\s*\([^()]*\)$")
 
