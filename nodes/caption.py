@@ -7,6 +7,8 @@ Cancel. Re-running it continues where it stopped. Node id and input names are pu
 
 from __future__ import annotations
 
+from tagloom import names
+
 from . import _comfy
 
 CATEGORY = "TagLoom/Tagger"
@@ -34,10 +36,10 @@ class TagLoomCaptionFolder:
                 "general_threshold": ("FLOAT", {"default": 0.35, **thr}),
                 "character_threshold": ("FLOAT", {"default": 0.75, **thr}),
                 "batch_size": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip": "0 = 16 on CPU, 64 on CUDA"}),
-                "device": (["auto", "cpu", "cuda"], {"default": "auto"}),
+                "device": (list(names.DEVICES), {"default": "auto"}),
             },
             "optional": {
-                "backend": (["auto", "onnx", "torch"], {"default": "auto"}),
+                "backend": (list(names.BACKENDS), {"default": "auto"}),
                 "replace_underscores": ("BOOLEAN", {"default": True}),
                 "escape_parentheses": ("BOOLEAN", {"default": True}),
                 "exclude_tags": ("STRING", {"default": ""}),

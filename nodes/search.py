@@ -6,6 +6,8 @@ idea contributes its best tags ("two ponytails, fox ears, sunset" -> "twintails,
 
 from __future__ import annotations
 
+from tagloom import names
+
 
 class TagLoomTagSearch:
     CATEGORY = "TagLoom/Tags"
@@ -25,7 +27,7 @@ class TagLoomTagSearch:
                                      "tooltip": "Ideas separated by commas or new lines."}),
                 "tags_per_idea": ("INT", {"default": 1, "min": 1, "max": 20,
                                           "tooltip": "How many of the best tags each idea adds."}),
-                "semantic": (["auto", "on", "off"], {"default": "auto",
+                "semantic": (list(names.SEMANTIC_MODES), {"default": "auto",
                                                     "tooltip": "auto: use the semantic index when one is built."}),
                 "replace_underscores": ("BOOLEAN", {"default": True}),
                 "escape_parentheses": ("BOOLEAN", {"default": True}),

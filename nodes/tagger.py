@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from tagloom import names
+
 from . import _comfy
 
 CATEGORY = "TagLoom/Tagger"
@@ -49,8 +51,8 @@ class TagLoomTaggerLoader:
         return {
             "required": {
                 "model": (_model_choices(), {"tooltip": "wd-v3 model, JoyTag, or a folder in models/tagloom; downloaded on first use"}),
-                "backend": (["auto", "onnx", "torch"], {"default": "auto"}),
-                "device": (["auto", "cpu", "cuda"], {"default": "auto"}),
+                "backend": (list(names.BACKENDS), {"default": "auto"}),
+                "device": (list(names.DEVICES), {"default": "auto"}),
             }
         }
 

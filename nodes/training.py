@@ -17,7 +17,7 @@ import re
 import shlex
 from pathlib import Path
 
-from tagloom import workflow_paths
+from tagloom import names, workflow_paths
 
 from . import _comfy
 
@@ -194,8 +194,8 @@ class TagLoomTrainedTaggerLoader:
                 # empty, and ComfyUI refuses a prompt whose combo value is not among the choices.
                 "model": ([""] + trained_taggers(), {"tooltip": "taggers trained with TagLoom (models/tagloom); "
                                                       "empty = the linked path"}),
-                "backend": (["auto", "onnx", "torch"], {"default": "auto"}),
-                "device": (["auto", "cpu", "cuda"], {"default": "auto"}),
+                "backend": (list(names.BACKENDS), {"default": "auto"}),
+                "device": (list(names.DEVICES), {"default": "auto"}),
             },
             "optional": {"path": ("STRING", {"default": "", "forceInput": True, "tooltip": "e.g. TagLoomTrain's output_path"})},
         }

@@ -346,3 +346,24 @@ def test_the_train_launcher_needs_no_pythonpath(monkeypatch):
     assert seen["argv"] == [sys.executable, "-m", "tagloom", "train", "--help"]
     assert seen["cwd"] == str(launcher.ROOT) and "PYTHONPATH" not in seen["env"]
     assert any("usage: tagloom train" in line for line in run.lines), list(run.lines)
+
+
+def test_name_sets_are_declared_once():
+    """tagloom/names.py declares the choice sets every front end offers; no module spells one out
+    again (CLI choices, node combos, trainer options and core checks read it)."""
+    import re
+
+    from tagloom import names
+
+    sets = {k: v for k, v in vars(names).items() if k.isupper() and isinstance(v, tuple) and len(v) > 1}
+    found = []
+    for root in ("tagloom", "nodes", "training", "scripts"):
+        for path in (REPO / root).rglob("*.py"):
+            if path.name == "names.py":
+                continue
+            text = path.read_text(encoding="utf-8")
+            for name, values in sets.items():
+                literal = r"[\[(]\s*" + r"\s*,\s*".join(re.escape(f'"{v}"') for v in values) + r"\s*,?\s*[\])]"
+                if re.search(literal, text):
+                    found.append(f"{path.relative_to(REPO)}: a copy of names.{name}")
+    assert not found, found

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tagloom import names
 from tagloom.errors import InputFileError, TagLoomError
 from tagloom.tagger.backends import onnx_session, sigmoid
 
 CLIP_MEAN = np.asarray((0.48145466, 0.4578275, 0.40821073), np.float32)
 CLIP_STD = np.asarray((0.26862954, 0.26130258, 0.27577711), np.float32)
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = names.PRECISIONS
 
 
 def to_model_input(pixels: np.ndarray, family: str) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from tagloom import names
 from tagloom.progress import Progress  # the core protocol; the old name stays importable here
 from tagloom.caption.files import duplicate_stems, list_images, relative_name
 from tagloom.caption.model import ModelChoice
@@ -40,7 +41,7 @@ from tagloom.caption.plan import (  # noqa: F401
 from tagloom.errors import TagLoomError
 
 DECODERS = ("auto", "cpu", "gpu")
-ENGINES = ("local", "ray")
+ENGINES = names.CAPTION_ENGINES
 
 
 @dataclass

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from tagloom import names
 from tagloom.cli._options import add_threshold_format_options
 from tagloom.progress import Progress
 
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("folder", metavar="DIR", help="folder of images")
     p.add_argument("--recursive", "-r", action="store_true", help="include sub-folders")
     p.add_argument("--model", default=None, help="model name, hub repo id or folder (default: the configured tagger)")
-    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto", help="auto: torch on CUDA where the model has torch weights, else ONNX Runtime")
+    p.add_argument("--backend", choices=names.BACKENDS, default="auto", help="auto: torch on CUDA where the model has torch weights, else ONNX Runtime")
     p.add_argument("--format", dest="fmt", choices=("txt", "json", "jsonl"), default="txt",
                    help="txt: the tags string beside each image (kohya); json: all scores beside each image; "
                    "jsonl: one file with all scores (default DIR/captions.jsonl)")
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
     mode.add_argument("--skip-existing", action="store_true", help="keep existing captions (the default)")
     p.add_argument("--batch-size", type=int, default=0, help="images per model call (default 16 on CPU, 64 on CUDA)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    p.add_argument("--precision", choices=names.PRECISIONS, default="auto",
                    help="torch backend: auto = bf16 on GPUs with bf16 hardware (Ampere+), else fp32 (fp32 for scores identical to `tagloom tag`)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA, large folders)")
     p.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
     g = p.add_argument_group("thresholds and formatting (as `tagloom tag`)")
     add_threshold_format_options(g)
     r = p.add_argument_group("Ray (--engine ray)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local",
+    p.add_argument("--engine", choices=names.CAPTION_ENGINES, default="local",
                    help="local: this machine; ray: a Ray cluster (one model actor per GPU)")
     r.add_argument("--ray-address", default=None,
                    help="cluster address (ray://head:10001 or auto); default: start a local cluster")

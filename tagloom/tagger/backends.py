@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tagloom import names
 from tagloom.errors import InputFileError, TagLoomError
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = names.DEVICES
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -169,7 +170,7 @@ class TorchBackend:
         self.torch_device = torch_device(device)
         self.device = self.torch_device.type
         self.provider = f"torch:{self.torch_device}"
-        if precision not in ("fp32", "bf16", "fp16"):
+        if precision not in names.PRECISIONS[1:]:
             raise TagLoomError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         self.precision = precision
         self.module = wd_wrapper(load_model(self.model_dir), mean, std).to(self.torch_device)

@@ -20,11 +20,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tagloom import names
 from tagloom import config
 from tagloom.errors import InputFileError, TagLoomError
 from tagloom.tagger.thresholds import Thresholds
 
-BACKENDS = ("auto", "onnx", "torch")
+BACKENDS = names.BACKENDS
 
 WD_FILES = {"onnx": ("model.onnx", "selected_tags.csv"),
             "torch": ("config.json", "model.safetensors", "selected_tags.csv")}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tagloom import options as _opt
+from tagloom import names
 from tagloom.options import option
 
 
@@ -32,7 +33,7 @@ class TaggerOptions:
     warmup: float = option(0.05, "fraction of the optimizer steps spent in linear warm-up")
     clip_grad: float = option(1.0, "gradient norm clipping (0: off)")
     precision: str = option("auto", "autocast precision: auto = bf16 on Ampere+ GPUs, fp16 on older ones, fp32 on the CPU",
-                            choices=["auto", "fp32", "bf16", "fp16"])
+                            choices=list(names.PRECISIONS))
     loss_multiplier: float = option(1.0, "constant loss scale (fp16 underflow guard; JoyTag uses 256)")
     augment: str = option("trivial", "augmentation: TrivialAugmentWide or none", choices=["trivial", "none"])
     patience: int = option(0, "early stopping after N epochs without a better validation F1 (0: off)")
