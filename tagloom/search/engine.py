@@ -197,14 +197,26 @@ class Engine:
         with self._lock:
             cached = self._semantic.get(embedder)
             if cached is None or cached[0] != stamp:
+                # The STAMP moves while a build stores batches (at most once a second) and when it
+                # ends: an open index takes in what was stored without a reopen where it can
+                # (refresh); otherwise it goes on answering until the reopened one is ready.
+                prev = cached[2] if cached is not None and cached[2] is not None and not isinstance(cached[2], BaseException) else None
+                if prev is None and cached is not None and len(cached) > 3:
+                    prev = cached[3]
                 if stamp is None:
                     cached = self._semantic[embedder] = (None, None, None)
+                elif prev is not None and _refreshed(prev):
+                    done = threading.Event()
+                    done.set()
+                    cached = self._semantic[embedder] = (stamp, done, prev)
                 else:
                     done = threading.Event()
-                    cached = self._semantic[embedder] = (stamp, done, None)
+                    cached = self._semantic[embedder] = (stamp, done, None, prev)
                     threading.Thread(target=self._open_semantic, args=(embedder, stamp, done), daemon=True,
                                      name="tagloom-semantic-load").start()
         done = cached[1]
+        if done is not None and not done.is_set() and len(cached) > 3 and cached[3] is not None:
+            return cached[3]  # the previous index, while the new one opens
         if done is not None and not done.wait(wait):
             return None
         with self._lock:
@@ -306,6 +318,13 @@ class Engine:
             best.append(r)
         best.sort(key=lambda r: -scores[r])
         return [st.result(r, reason_of[r][0], reason_of[r][1], scores[r]) for r in best]
+
+
+def _refreshed(index) -> bool:
+    try:
+        return bool(index.refresh())
+    except Exception:  # noqa: BLE001 - reopened instead
+        return False
 
 
 _ENGINES: dict[str, Engine] = {}

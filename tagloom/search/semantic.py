@@ -12,15 +12,21 @@ One folder per (tag database, embedder): ``<db folder>/index/<db name>/<embedder
   ``(token_id, tag_id, weight)`` indexed on ``token_id`` (local chromadb has no sparse vectors).
 - ``colbert.f16``: ColBERT token vectors, float16, appended row after row and memory-mapped for
   reading; used only to re-rank the dense and sparse top candidates (MaxSim).
-- ``STAMP``: rewritten at the end of every build; the search engine reopens the index when it moves.
+- ``STAMP``: JSON ``{count, total, target, building, pid, updated_at, built_at}``, written when a
+  build starts, at most once a second while it stores batches, and when it ends; an index is
+  searchable as soon as it exists (a build still running, stopped or killed leaves what it stored
+  usable). The search engine refreshes (numpy store, or a build in the same process) or reopens the
+  index when it moves; ``index_progress`` reads how far the build is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -58,6 +64,54 @@ def index_stamp(db_path, embedder: str | None = None):
     except FileNotFoundError:
         return None
     return (st.st_mtime_ns, st.st_size)
+
+
+_PROGRESS_CACHE: dict[Path, tuple] = {}
+
+
+def index_progress(db_path, embedder: str | None = None) -> dict | None:
+    """How far the index for this database and embedder is: ``{embedded, total, target, building,
+    updated_at}`` from its STAMP (None when no index exists). ``building`` is true while the build
+    that wrote it still runs (a build killed outright leaves ``building`` in the file: the process
+    check catches that). Cheap enough for every keystroke: one stat, the file is read when it moved."""
+    path = index_dir(db_path, embedder) / "STAMP"
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (st.st_mtime_ns, st.st_size)
+    hit = _PROGRESS_CACHE.get(path)
+    if hit is not None and hit[0] == key:
+        data = hit[1]
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict):  # a STAMP from before (plain JSON of built_at and count) is a dict too
+            data = {}
+        _PROGRESS_CACHE[path] = (key, data)
+    count = int(data.get("count") or 0)
+    total = int(data.get("total") or count)
+    building = bool(data.get("building")) and _running(data.get("pid"), data.get("updated_at"))
+    return {"embedded": count, "total": total, "target": int(data.get("target") or total), "building": building,
+            "updated_at": data.get("updated_at") or data.get("built_at")}
+
+
+def _running(pid, updated_at) -> bool:
+    """Is the build that wrote a STAMP still running? Its process exists (POSIX); elsewhere, it
+    wrote within the last ten minutes (it rewrites the STAMP after every stored batch)."""
+    if not pid:
+        return False
+    if os.name == "posix":
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, OSError, ValueError):
+            pass
+        return True
+    return bool(updated_at) and time.time() - float(updated_at) < 600
 
 
 def collection_name(db_path, slug: str) -> str:
@@ -110,19 +164,54 @@ class SemanticIndex:
         # Indexes from before the numpy store have no "store" key: they are chromadb ones.
         self.store = self.info.get("store", "chroma")
         self.collection = dense_store(folder, self.store, self.info.get("collection") or collection_name(self.db_path, self.embedder.slug),
-                                      int(self.info.get("dim") or self.embedder.dim), create=False)
-        self.count = int(self.info.get("count", 0))
+                                      int(self.info.get("dim") or self.embedder.dim), create=False,
+                                      fresh=self._built_elsewhere())
+        self.count = int(self.info.get("count", 0))  # as of the last build's end; queries ask the store
         self._colbert = None
-        cpath = folder / "colbert.f16"
-        rows = cpath.stat().st_size // (2 * self.embedder.dim) if cpath.is_file() else 0
-        if self.embedder.has_colbert and rows:
-            # Whole rows only: a build killed mid-write leaves a partial row at the end (the next
-            # build drops it), which a plain reshape would refuse, losing the semantic channel.
-            self._colbert = np.memmap(cpath, dtype=np.float16, mode="r", shape=(rows, self.embedder.dim))
+        self._colbert_rows = 0
         self._lock = threading.Lock()
+        self._map_colbert()
         # The popups ask again for the same text (re-focus, debounced retries): keep recent query
         # encodings, which are most of a semantic query's cost on CPU.
         self._qcache: OrderedDict[str, object] = OrderedDict()
+
+    def _built_elsewhere(self) -> bool:
+        """Was the STAMP written by another process? (Then an embedded chromadb client this process
+        already holds does not see the new vectors: it is opened afresh.)"""
+        try:
+            pid = json.loads((self.folder / "STAMP").read_text(encoding="utf-8")).get("pid")
+        except (OSError, ValueError, AttributeError):
+            return True
+        return pid != os.getpid()
+
+    def _map_colbert(self) -> None:
+        cpath = self.folder / "colbert.f16"
+        rows = cpath.stat().st_size // (2 * self.embedder.dim) if cpath.is_file() else 0
+        if self.embedder.has_colbert and rows and rows != self._colbert_rows:
+            # Whole rows only: a build killed mid-write leaves a partial row at the end (the next
+            # build drops it), which a plain reshape would refuse, losing the semantic channel.
+            self._colbert = np.memmap(cpath, dtype=np.float16, mode="r", shape=(rows, self.embedder.dim))
+            self._colbert_rows = rows
+
+    def refresh(self) -> bool:
+        """The STAMP moved (a build stored more, or finished): take in what changed without
+        reopening, when that is possible — True when done, False when the caller must reopen (the
+        index was rebuilt with another store or model, or chromadb vectors were written by another
+        process, which an open chromadb client does not see)."""
+        try:
+            info = {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM info")}
+        except sqlite3.Error:
+            return False
+        same = all(info.get(k) == self.info.get(k) for k in ("spec", "store", "dim", "collection"))
+        if not same or not (self.folder / "index.sqlite").is_file():
+            return False
+        if self.store != "numpy" and self._built_elsewhere():
+            return False
+        with self._lock:
+            self.info = info
+            self.count = int(info.get("count", 0))
+            self._map_colbert()
+        return True
 
     def _encode_query(self, query: str):
         with self._lock:
@@ -148,9 +237,10 @@ class SemanticIndex:
         """Tag ids ranked by each channel: ``dense``, ``sparse`` (M3), ``colbert`` (M3, re-ranks
         the union of the dense and sparse top ``rerank``)."""
         enc = self._encode_query(query)
-        n = min(k, self.count)
         out: dict[str, list[int]] = {}
-        if n <= 0:
+        # The store clamps n_results to what it holds: a build still running grows it batch by batch.
+        n = k
+        if self.store != "numpy" and self.collection.count() == 0:
             return out
         res = self.collection.query(query_embeddings=[enc.dense[0].tolist()], n_results=n, include=["distances"])
         out["dense"] = [int(i) for i in res["ids"][0]]

@@ -10,7 +10,9 @@ ComfyUI's server loop also carries the websocket that drives the whole UI.
 
 Answer: ``{"q": ..., "suggestions": [{tag, category, post_count, alias, reason, score}, ...]}``
 plus ``"warning"`` when something the user can fix got in the way (no semantic index, empty tag
-database). Bad input is a 400 with ``{"error": ...}``; only this one path is served.
+database), and ``"index": {"embedded", "total", "building"}`` when a semantic index exists and the
+query may use it (a build fills it most popular first and it is searchable meanwhile: the popup
+can say how far it is). Bad input is a 400 with ``{"error": ...}``; only this one path is served.
 """
 
 from __future__ import annotations
@@ -96,9 +98,24 @@ def autocomplete(q: str, limit: int = DEFAULT_LIMIT, semantic: bool | None = Non
         answer["warning"] = f"semantic search unavailable, showing classic completion: {e}"
         results = suggest(q, limit=limit, semantic=False, db_path=db_path)
     answer["suggestions"] = [_slim(r) for r in results]
+    if semantic is not False:
+        progress = _index_progress(db_path)
+        if progress is not None:
+            answer["index"] = progress
     if not results and _database_empty(db_path):
         answer["warning"] = "the tag database is empty: run `tagloom tags fetch` or `tagloom tags import FILE`"
     return answer
+
+
+def _index_progress(db_path) -> dict | None:
+    """How far the semantic index is (one stat of its STAMP; read when it moved), or None."""
+    try:
+        from tagloom.search.semantic import index_progress
+
+        p = index_progress(db_path)
+    except Exception:  # only a hint: never let it turn an answer into an error
+        return None
+    return None if p is None else {"embedded": p["embedded"], "total": p["total"], "building": p["building"]}
 
 
 def _database_empty(db_path) -> bool:
