@@ -193,18 +193,27 @@ def iter_json_array(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int, obj
     dec = json.JSONDecoder()
     _must_exist(path)
     with path.open("r", encoding="utf-8-sig", newline="") as f:
-        buf, pos, line, eof = "", 0, 1, False
+        buf, pos, eof = "", 0, False
         state = "start"  # start -> item -> sep -> item ... -> end
+        mark, mark_line = 0, 1  # the line number at buf[mark]; counted forward, never from 0 again
+
+        def line_at(p: int) -> int:
+            nonlocal mark, mark_line
+            if p < mark:
+                return mark_line - buf.count("\n", p, mark)
+            mark_line += buf.count("\n", mark, p)
+            mark = p
+            return mark_line
 
         def more() -> bool:
-            nonlocal buf, pos, line, eof
+            nonlocal buf, pos, eof, mark, mark_line
             if eof:
                 return False
-            line += buf.count("\n", 0, pos)
+            mark_line, mark = line_at(pos), 0
             try:
                 data = f.read(chunk)
             except UnicodeDecodeError as e:
-                raise InputFileError(path, f"near line {line}: not UTF-8 text ({e.reason})") from e
+                raise InputFileError(path, f"near line {mark_line}: not UTF-8 text ({e.reason})") from e
             buf, pos = buf[pos:] + data, 0
             eof = not data
             return bool(data)
@@ -215,7 +224,7 @@ def iter_json_array(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int, obj
                     pos += 1
                 if pos < len(buf) or not more():
                     break
-            here = line + buf.count("\n", 0, pos)
+            here = line_at(pos)
             if pos >= len(buf):
                 if state == "end":
                     return
@@ -236,11 +245,11 @@ def iter_json_array(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int, obj
                     except json.JSONDecodeError as e:
                         if more():
                             continue
-                        err_line = line + buf.count("\n", 0, e.pos)
-                        start = line + buf.count("\n", 0, pos)
+                        start = line_at(pos)
+                        err_line = line_at(e.pos)
                         where = f" (in the item that starts on line {start})" if start != err_line else ""
                         raise InputFileError(path, f"line {err_line}: bad JSON: {e.msg}{where}") from None
-                yield line + buf.count("\n", 0, pos), obj
+                yield line_at(pos), obj
                 pos, state = end, "sep"
             elif state == "sep":
                 if c == ",":
