@@ -1,12 +1,22 @@
 """The shipped autocomplete scripts in a real browser: Debian's chromium driven by Playwright types
 into a textarea on a page served by a real aiohttp server on 127.0.0.1 that also serves
-/tagloom/autocomplete over a small real tag DB.
+/tagloom/autocomplete (the real route) over a small real tag DB.
 
-Two host pages: a minimal one that imports the shared core (web/lib/tagloom-autocomplete-core.js)
-and attaches it to a textarea, and a WebUI-shaped one (#txt2img_prompt textarea) that loads the
-shipped WebUI adapter javascript/tagloom-autocomplete.mjs, which imports the core through a
-relative URL exactly as in the WebUI. The ComfyUI adapter needs ComfyUI's own app.js: it is proven
-in a real ComfyUI with the harness (docs/autocomplete.md).
+The host pages are STAND-INS written here, not ComfyUI or WebUI code (neither host runs in CI):
+- core.html: imports the shared core (web/lib/tagloom-autocomplete-core.js) and attaches it.
+- webui.html: WebUI-shaped (`opts`, #txt2img_prompt textarea); loads the shipped WebUI adapter
+  javascript/tagloom-autocomplete.mjs, which imports the core through a relative URL as in the
+  WebUI. webui_tagcomplete.html adds a stand-in of tagcomplete's popup (`TAC_CFG`, an
+  `.autocompleteParent > .autocompleteResults` element shown on keystrokes, Tab taken when shown).
+- comfy_classic.html / comfy_vue.html: load the shipped ComfyUI adapter web/tagloom-autocomplete.js
+  from /extensions/tagloom/ with stand-ins of ComfyUI's /scripts/app.js and /scripts/api.js (only
+  what the adapter uses: registerExtension + setup, extensionManager.setting.get, api.fetchApi);
+  the classic page has a `textarea.comfy-multiline-input` in a `.dom-widget`, the Vue one a
+  PrimeVue-like `textarea.p-textarea` inside a zoomed `[data-node-id]` node.
+Every page runs MONITOR: on each popup change and each keystroke it records whether the rows on
+screen are for the word at the caret (`popup.dataset.query`), and whether another autocomplete's
+popup was on screen at the same time; answers can be delayed per query (`window.delays`) so older
+answers arrive after newer ones. The real ComfyUI and WebUI runs are in docs/autocomplete.md.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from pathlib import Path
 import pytest
 from autocomplete_fixtures import Server, make_tag_db
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(180)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -25,7 +35,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-CORE_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>core</title></head><body>
+CORE_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>core</title>MONITOR</head><body>
 <textarea id="prompt" rows="6" cols="60" style="font: 14px monospace"></textarea>
 <script type="module">
 import { TagAutocomplete } from "/web/lib/tagloom-autocomplete-core.js";
@@ -44,12 +54,134 @@ ac.attach(ta);
 window.ready = true;
 </script></body></html>"""
 
+# Runs first in every page (a classic script). `window.delays[q] = ms` delays the answer for q;
+# `window.stale` collects every moment rows for another word were on screen; `window.both` counts
+# moments when ours and another autocomplete's popup (.autocompleteResults) were both displayed.
+MONITOR = """<script>
+window.delays = {}; window.stale = []; window.both = 0; window.shown = [];
+const realFetch = window.fetch.bind(window);
+window.fetch = async (url, opts) => {
+  const q = new URL(String(url), location.href).searchParams.get("q");
+  const res = await realFetch(url, opts);
+  const ms = q == null ? 0 : (window.delays[q] || 0);
+  if (ms) await new Promise((r) => setTimeout(r, ms));
+  return res;
+};
+import("CORE").then((m) => { window.tlCore = m; });
+const displayed = (el) => !!el && !el.hidden && el.getClientRects().length > 0;
+function check(why) {
+  const popup = document.querySelector(".tagloom-ac");
+  const ours = displayed(popup) && popup.querySelector(".tagloom-ac-item");
+  const theirs = [...document.querySelectorAll(".autocompleteResults")].some(displayed);
+  if (ours && theirs) window.both++;
+  if (!ours || !window.tlCore) return;
+  const ta = document.activeElement;
+  const tok = ta && ta.value !== undefined ? window.tlCore.currentToken(ta.value, ta.selectionStart) : null;
+  const word = tok ? tok.query : null;
+  const first = popup.querySelector(".tagloom-ac-tag").textContent;
+  if (popup.dataset.query !== word) window.stale.push({why, shown: popup.dataset.query, word, first});
+  const last = window.shown[window.shown.length - 1];
+  if (!last || last.query !== popup.dataset.query || last.first !== first) window.shown.push({query: popup.dataset.query, first});
+}
+new MutationObserver(() => check("render")).observe(document.documentElement,
+  {subtree: true, childList: true, attributes: true, attributeFilter: ["hidden", "style", "class"]});
+document.addEventListener("input", () => check("input"));  // after the textarea's own listeners
+document.addEventListener("keyup", () => check("keyup"));
+</script>"""
+
+CORE_PAGE = CORE_PAGE.replace("MONITOR", MONITOR.replace("CORE", "/web/lib/tagloom-autocomplete-core.js"))
+
 WEBUI_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>webui-like</title>
-<script>var opts = {};</script>
+<script>var opts = {};</script>""" + MONITOR.replace("CORE", "/web/lib/tagloom-autocomplete-core.js") + """
 <script type="module" src="/javascript/tagloom-autocomplete.mjs"></script></head><body>
 <div id="txt2img_prompt"><label><textarea rows="4" cols="60"></textarea></label></div>
 <div id="other"><textarea id="notprompt"></textarea></div>
 </body></html>"""
+
+# A stand-in of a1111-sd-webui-tagcomplete's popup, written for this test from its documented
+# behaviour (config in the global TAC_CFG, rows in .autocompleteResults inside .autocompleteParent,
+# shown through the wrapper's inline display, Tab/Enter taken while shown): on every keystroke it
+# shows "other: WORD" after 40 ms, and Tab inserts "OTHER, ".
+TAGCOMPLETE_STANDIN = """<script>
+window.TAC_CFG = {activeIn: {global: true}};
+window.otherInserts = 0;
+document.addEventListener("DOMContentLoaded", () => {
+  const ta = document.querySelector("#txt2img_prompt textarea");
+  const parent = document.createElement("div");
+  parent.className = "autocompleteParent txt2img p";
+  parent.style.display = "none";
+  const results = document.createElement("div");
+  results.className = "autocompleteResults txt2img p";
+  const list = document.createElement("ul");
+  results.appendChild(list);
+  parent.appendChild(results);
+  ta.parentNode.insertBefore(parent, ta.nextSibling);
+  let timer = null;
+  ta.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      if (!window.TAC_CFG.activeIn.global) return;
+      const word = ta.value.slice(0, ta.selectionStart).split(",").pop().trim();
+      if (!word) { parent.style.display = "none"; return; }
+      list.innerHTML = "";
+      const li = document.createElement("li");
+      li.textContent = "other: " + word;
+      list.appendChild(li);
+      parent.style.display = "flex";
+    }, 40);
+  });
+  ta.addEventListener("keydown", (e) => {
+    if (parent.style.display !== "flex" || (e.key !== "Tab" && e.key !== "Enter")) return;
+    e.preventDefault();
+    window.otherInserts++;
+    ta.setRangeText("OTHER, ", ta.selectionStart, ta.selectionStart, "end");
+    parent.style.display = "none";
+  });
+});
+</script>"""
+
+WEBUI_TAGCOMPLETE_PAGE = WEBUI_PAGE.replace("<title>webui-like</title>",
+                                            "<title>webui-like + tagcomplete</title>" + TAGCOMPLETE_STANDIN)
+
+# Stand-ins of ComfyUI's frontend modules, only what web/tagloom-autocomplete.js imports and uses.
+COMFY_APP_JS = """// test stand-in for ComfyUI's scripts/app.js
+export const app = {
+  extensions: [],
+  settingValues: {},
+  ready: false,
+  extensionManager: { setting: { get: (id) => app.settingValues[id] } },
+  registerExtension(ext) {
+    this.extensions.push(ext);
+    queueMicrotask(async () => { if (ext.setup) await ext.setup(this); this.ready = true; });
+  },
+};
+window.comfyApp = app;
+"""
+COMFY_API_JS = """// test stand-in for ComfyUI's scripts/api.js
+export const api = { fetchApi: (route, options) => fetch(route, options) };
+"""
+
+
+def _comfy_page(title: str, body: str) -> str:
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'
+            + MONITOR.replace("CORE", "/extensions/tagloom/lib/tagloom-autocomplete-core.js")
+            + '<script type="module" src="/extensions/tagloom/tagloom-autocomplete.js"></script></head><body>'
+            + body + '<textarea id="notnode"></textarea></body></html>')
+
+
+COMFY_CLASSIC_PAGE = _comfy_page("comfy classic", '<div class="graph-canvas-panel"><div class="dom-widget">'
+                                 '<textarea class="comfy-multiline-input" rows="6" cols="70"></textarea></div></div>')
+COMFY_VUE_PAGE = _comfy_page("comfy vue", '<div class="lg-node" data-node-id="6" style="transform: scale(0.83);'
+                             ' transform-origin: 0 0; padding: 20px"><div class="p-floatlabel">'
+                             '<textarea class="p-textarea p-component" rows="6" cols="70"></textarea></div></div>')
+
+# More tags than the shared fixture, for the popup-behaviour cases (blue / blue ey, brackets)
+EXTRA_TAGS = [
+    ("blue_eyes", 0, 1600000, []), ("blue_hair", 0, 700000, []), ("blue_sky", 0, 300000, []),
+    ("blonde_hair", 0, 1500000, ["blond_hair"]), ("red_hair", 0, 500000, []), ("red_eyes", 0, 1200000, []),
+    ("smile", 0, 3000000, []), ("open_mouth", 0, 2500000, []), ("flower", 0, 800000, []),
+    ("cat_ears", 0, 600000, ["nekomimi"]), ("dress", 0, 1000000, []), ("short_hair", 0, 2200000, []),
+]
 
 POPUP = ".tagloom-ac:not([hidden])"
 ITEM = ".tagloom-ac:not([hidden]) .tagloom-ac-item"
@@ -77,13 +209,26 @@ def site(tmp_path_factory):
     home = tmp_path_factory.mktemp("tagloom_home")
     old = os.environ.get("TAGLOOM_HOME")
     os.environ["TAGLOOM_HOME"] = str(home)
-    make_tag_db(home / "tags.sqlite")
+    db_path = make_tag_db(home / "tags.sqlite")
     from tagloom.search.engine import clear_cache
+    from tagloom.tags import TagDB
 
+    db = TagDB(db_path)
+    try:
+        db.upsert_tags({"name": n, "category": c, "post_count": p} for n, c, p, _ in EXTRA_TAGS)
+        db.add_aliases((a, n) for n, _, _, aliases in EXTRA_TAGS for a in aliases)
+    finally:
+        db.close()
+    scripts = tmp_path_factory.mktemp("comfy_scripts")  # served with a JavaScript MIME type
+    (scripts / "app.js").write_text(COMFY_APP_JS)
+    (scripts / "api.js").write_text(COMFY_API_JS)
     clear_cache()
     try:
-        with Server(static={"/web": REPO / "web", "/javascript": REPO / "javascript"},
-                    pages={"/core.html": CORE_PAGE, "/webui.html": WEBUI_PAGE}) as s:
+        with Server(static={"/web": REPO / "web", "/javascript": REPO / "javascript",
+                            "/extensions/tagloom": REPO / "web", "/scripts": scripts},
+                    pages={"/core.html": CORE_PAGE, "/webui.html": WEBUI_PAGE,
+                           "/webui_tagcomplete.html": WEBUI_TAGCOMPLETE_PAGE,
+                           "/comfy_classic.html": COMFY_CLASSIC_PAGE, "/comfy_vue.html": COMFY_VUE_PAGE}) as s:
             yield s
     finally:
         if old is None:
@@ -263,3 +408,267 @@ def test_semantic_suggestions_by_meaning(page, site, semantic_home):
     assert ta.input_value() == "1girl, twintails, "
     page.keyboard.type("双马尾", delay=20)  # Chinese, typed without an IME here
     assert _items(page, "twintails")[0].startswith("twintails")
+
+
+# ---- issue 12 item 6: popup behaviour ------------------------------------------------------------
+
+# (typed word, first row expected for it): 30 words, each typed after the previous tag was accepted
+QUERIES = [
+    ("1gi", "1girl"), ("solo", "solo"), ("long h", "long hair"), ("long s", "long sleeves"),
+    ("schoo", "school uniform"), ("seifu", "school uniform"), ("twin", "twintails"), ("pigta", "twintails"),
+    ("fox", "fox girl"), ("kitsu", "fox girl"), ("suns", "sunset"), ("hatsu", "hatsune miku"),
+    ("miku", "hatsune miku"), ("gany", "ganyu (genshin impact)"), ("gensh", "genshin impact"), ("wlo", "wlop"),
+    ("highr", "highres"), ("blue e", "blue eyes"), ("blue s", "blue sky"), ("blue h", "blue hair"),
+    ("blond", "blonde hair"), ("red h", "red hair"), ("red e", "red eyes"), ("smil", "smile"),
+    ("open m", "open mouth"), ("flowe", "flower"), ("cat e", "cat ears"), ("nekom", "cat ears"),
+    ("dres", "dress"), ("short h", "short hair"),
+]
+
+HOSTS = {  # page, the textarea the user types into
+    "comfy_classic": ("/comfy_classic.html", "textarea.comfy-multiline-input"),
+    "comfy_vue": ("/comfy_vue.html", "[data-node-id] textarea"),
+    "webui": ("/webui.html", "#txt2img_prompt textarea"),
+}
+
+
+def _open_host(page, site, host):
+    url, selector = HOSTS[host]
+    page.goto(f"{site.url}{url}")
+    if host.startswith("comfy"):
+        page.wait_for_function("window.comfyApp && window.comfyApp.ready && !!window.tlCore")
+    else:
+        page.wait_for_function("!!window.tagloomAutocomplete && !!window.tlCore")
+    ta = page.locator(selector)
+    ta.click()
+    return ta
+
+
+def _wait_rows_for(page, query, first, timeout=10000):
+    """Wait until the popup shows the rows for exactly `query` with `first` on top; the rows."""
+    try:
+        page.wait_for_function(
+            """([q, first]) => { const p = document.querySelector(".tagloom-ac");
+                 if (!p || p.hidden || p.dataset.query !== q) return false;
+                 const r = p.querySelector(".tagloom-ac-tag"); return !!r && r.textContent === first; }""",
+            arg=[query, first], timeout=timeout)
+    except Exception:  # playwright's TimeoutError: the assertion below shows what came instead
+        pass
+    shown = page.evaluate("""() => { const p = document.querySelector(".tagloom-ac");
+        return p && !p.hidden ? {query: p.dataset.query, rows: [...p.querySelectorAll(".tagloom-ac-tag")].map(r => r.textContent)} : null; }""")
+    assert shown and shown["query"] == query and shown["rows"][0] == first, (query, first, shown)
+    return shown["rows"]
+
+
+def _escaped(tag):
+    return tag.replace("(", "\\(").replace(")", "\\)")
+
+
+@pytest.mark.parametrize("host", list(HOSTS))
+def test_every_query_shows_its_own_popup(page, site, host):
+    """30 words typed into each host's textarea: each shows the popup with the rows for exactly that
+    word, never an older prefix's. Half of each word is typed, then either (even words) a pause long
+    enough for its lookup to start, with that answer held back 400 ms so it arrives after the rest
+    is typed, or (odd words) a wait until the prefix's own popup is on screen; then the rest."""
+    ta = _open_host(page, site, host)
+    assert len(QUERIES) >= 20
+    expected = ""
+    prefix_popups = 0
+    for i, (query, first) in enumerate(QUERIES):
+        k = max(1, len(query) // 2)
+        page.evaluate("([q, ms]) => { window.delays = {}; window.delays[q] = ms; }", [query[:k], 400 if i % 2 == 0 else 0])
+        page.keyboard.type(query[:k], delay=15)
+        if i % 2 == 0:
+            page.wait_for_timeout(180)  # debounce (120 ms) passed: the prefix's lookup is in flight
+        else:
+            try:  # the prefix's rows on screen; the next keystroke must take them away at once
+                page.wait_for_function("(q) => { const p = document.querySelector('.tagloom-ac');"
+                                       " return !!p && !p.hidden && p.dataset.query === q; }", arg=query[:k].strip(), timeout=5000)
+                prefix_popups += 1
+            except Exception:  # a prefix with no rows: nothing on screen to go stale
+                pass
+        page.keyboard.type(query[k:], delay=15)
+        _wait_rows_for(page, query, first)
+        if i % 3 == 0:  # Enter, a click on the first row, or Tab accept
+            page.keyboard.press("Enter")
+        elif i % 3 == 1:
+            page.locator(f"{ITEM} >> nth=0").click()
+        else:
+            page.keyboard.press("Tab")
+        expected += _escaped(first) + ", "
+        assert ta.input_value() == expected
+    page.wait_for_timeout(500)  # the held-back answers have all arrived by now
+    assert prefix_popups >= 10
+    assert page.evaluate("window.stale") == []
+    shown = page.evaluate("window.shown")
+    assert {q for q, _ in QUERIES} <= {s["query"] for s in shown}
+    if host.startswith("comfy"):  # the adapter declared its settings, the conflict one included
+        settings = page.evaluate("window.comfyApp.extensions[0].settings.map(s => [s.id, s.defaultValue])")
+        assert ["TagLoom.Autocomplete.Conflict", "tagloom"] in settings
+
+
+def test_outdated_rows_are_never_shown_or_accepted(page, site):
+    ta = _core(page, site)
+    page.keyboard.type("blue", delay=20)
+    assert _wait_rows_for(page, "blue", "blue eyes") == ["blue eyes", "blue hair", "blue sky"]
+    # the word changes: the rows for "blue" go at once, before any answer for "blue e" came
+    page.evaluate("window.delays = {'blue e': 1500}")
+    page.keyboard.type(" e")
+    assert page.locator(POPUP).count() == 0
+    # Tab/Enter with no rows for the word at the caret are the host's (here: Tab moves the focus)
+    page.keyboard.press("Tab")
+    assert ta.input_value() == "blue e"
+    page.wait_for_timeout(1700)  # the late answer for "blue e" came while the focus was away
+    assert page.locator(POPUP).count() == 0
+    # an answer for an older prefix that arrives after a newer one is dropped
+    ta.focus()
+    page.evaluate("window.delays = {'blue': 900}")
+    page.evaluate("() => { const t = document.getElementById('prompt'); t.value = ''; }")
+    page.keyboard.type("blue", delay=20)
+    page.wait_for_timeout(250)  # the lookup for "blue" is in flight, held back
+    page.keyboard.type(" ey", delay=20)
+    _wait_rows_for(page, "blue ey", "blue eyes")
+    page.wait_for_timeout(1100)  # the answer for "blue" has arrived by now
+    rows = _wait_rows_for(page, "blue ey", "blue eyes")
+    assert rows == ["blue eyes"]
+    # the caret moved into another word under open rows: keys are not ours, nothing is inserted
+    page.evaluate("() => { const t = document.getElementById('prompt'); t.value = 'red h, blue ey';"
+                  " t.setSelectionRange(14, 14); t.dispatchEvent(new Event('input')); }")
+    _wait_rows_for(page, "blue ey", "blue eyes")
+    page.evaluate("() => document.getElementById('prompt').setSelectionRange(5, 5)")
+    page.keyboard.press("Enter")  # falls through to the textarea: a new line, no completion
+    assert ta.input_value() == "red h\n, blue ey"
+    assert page.evaluate("window.stale") == []
+
+
+def test_bracket_rules_are_pure_functions(page, site):
+    """The core's bracket rules (docs/autocomplete.md, "Accepting inside brackets"), called directly:
+    (text typed, caret, tag inserted) -> the text after accepting, `|` marking the caret."""
+    _core(page, site)
+    page.wait_for_function("!!window.tlCore")
+    cases = {
+        "(blonde ha": "(blonde hair|",
+        "1girl, ((blonde ha": "1girl, ((blonde hair|",
+        "(blonde ha|:1.2), solo": "(blonde hair|:1.2), solo",
+        "(blonde ha|), solo": "(blonde hair|), solo",
+        "(blonde ha|, red hair:1.2)": "(blonde hair, |red hair:1.2)",
+        "[red hair|blue h": "[red hair|blue hair|",
+        "[smil|]": "[smile|]",
+        "[cat ears:dre": "[cat ears:dress|",
+        "[cat ears:dre|:0.5]": "[cat ears:dress|:0.5]",
+        "{flowe": "{flower|",
+        "\\(x\\), blo": "\\(x\\), blonde hair, |",
+        "(a:1.2), blo": "(a:1.2), blonde hair, |",
+        "1girl, blo": "1girl, blonde hair, |",
+        "1girl, blo| ,  solo": "1girl, blonde hair, |solo",
+    }
+    tags = {"(": "blonde hair", "1": "blonde hair", "[r": "blue hair", "[s": "smile", "[c": "dress", "{": "flower",
+            "\\": "blonde hair"}
+
+    def tag_for(text):
+        for k, v in tags.items():
+            if text.startswith(k):
+                return v
+        raise KeyError(text)
+
+    args = []
+    for typed in cases:
+        # the caret is at the `|` marker, or at the end (the marker is `|` only where it is not syntax)
+        caret = typed.index("|") if "|" in typed and not typed.startswith("[red") else len(typed)
+        text = typed[:caret] + typed[caret + 1:] if caret < len(typed) else typed
+        args.append([text, caret, tag_for(text)])
+    out = page.evaluate("""(cases) => cases.map(([text, caret, tag]) => {
+        const m = window.tlCore;
+        const p = m.planCompletion(text, m.currentToken(text, caret), tag);
+        const t = text.slice(0, p.start) + p.insert + text.slice(p.end);
+        return t.slice(0, p.caret) + "|" + t.slice(p.caret);
+      })""", args)
+    assert dict(zip(cases, out)) == cases
+    more = page.evaluate("""([a, b]) => { const m = window.tlCore; return {
+        groups: [m.openGroups("masterpiece, ((blonde ha"), m.openGroups("[red|blu"), m.openGroups("(a:1.2), b"),
+                 m.openGroups(a), m.openGroups("[a:(b:1.1):0.5], c"), m.openGroups("<lora:x:0.8>, (")],
+        escape: [m.escapeForGroup(":d", "["), m.escapeForGroup(":d", "("), m.escapeForGroup("a|b", "(["),
+                 m.escapeForGroup(b, "[")],
+        colon: (() => { const t = "[cat ears:sm"; const p = m.planCompletion(t, m.currentToken(t, t.length), ":d");
+                        return t.slice(0, p.start) + p.insert + t.slice(p.end); })(),
+      }; }""", ["\\(x, y", "\\:d"])
+    assert more["groups"] == ["((", "[", "", "", "", "("]
+    assert more["escape"] == ["\\:d", ":d", "a\\|b", "\\:d"]
+    assert more["colon"] == "[cat ears:\\:d"  # a `:` in a tag would split [from:to:when]
+
+
+@pytest.mark.parametrize("host", ["comfy_classic", "comfy_vue", "webui"])
+def test_accepting_inside_brackets_keeps_the_group(page, site, host):
+    ta = _open_host(page, site, host)
+    page.keyboard.type("masterpiece, (blonde ha", delay=20)
+    _wait_rows_for(page, "blonde ha", "blonde hair")
+    page.keyboard.press("Tab")
+    assert ta.input_value() == "masterpiece, (blonde hair"
+    page.keyboard.type(":1.2), [red hair|blue h", delay=20)
+    _wait_rows_for(page, "blue h", "blue hair")
+    page.keyboard.press("Tab")
+    assert ta.input_value() == "masterpiece, (blonde hair:1.2), [red hair|blue hair"
+    page.keyboard.type("], [cat ears:dre", delay=20)
+    _wait_rows_for(page, "dre", "dress")
+    page.keyboard.press("Enter")
+    assert ta.input_value() == "masterpiece, (blonde hair:1.2), [red hair|blue hair], [cat ears:dress"
+    page.keyboard.type(":0.5], ((smi", delay=20)
+    _wait_rows_for(page, "smi", "smile")
+    page.keyboard.press("Tab")
+    assert ta.input_value() == "masterpiece, (blonde hair:1.2), [red hair|blue hair], [cat ears:dress:0.5], ((smile"
+    # back inside a weighted group: the weight and the closer stay
+    page.evaluate("""(sel) => { const t = document.querySelector(sel); t.value = "(blonde ha:1.2), solo";
+                     t.setSelectionRange(9, 9); }""", HOSTS[host][1])
+    page.keyboard.type("a", delay=20)
+    _wait_rows_for(page, "blonde ha", "blonde hair")
+    page.keyboard.press("Tab")
+    assert ta.input_value() == "(blonde hair:1.2), solo"
+    assert page.evaluate("window.stale") == []
+
+
+def _tagcomplete(page, site):
+    page.goto(f"{site.url}/webui_tagcomplete.html")
+    page.wait_for_function("!!window.tagloomAutocomplete && !!window.tlCore")
+    ta = page.locator("#txt2img_prompt textarea")
+    ta.click()
+    return ta
+
+
+def test_tagcomplete_installed_too_tagloom_wins_by_default(page, site):
+    ta = _tagcomplete(page, site)
+    other = page.locator(".autocompleteResults")
+    for i, (query, first) in enumerate(QUERIES[:8]):
+        page.keyboard.type(query, delay=25)
+        _wait_rows_for(page, query, first)
+        assert not other.is_visible()  # theirs is hidden while ours is open
+        page.keyboard.press("Tab" if i % 2 else "Enter")  # ours takes the key, theirs does nothing
+    assert ta.input_value() == "".join(_escaped(f) + ", " for _, f in QUERIES[:8])
+    assert page.evaluate("window.otherInserts") == 0
+    assert page.evaluate("window.both") == 0  # never both on screen at once
+    # Esc closes ours, and theirs does not come back until the next keystroke
+    page.keyboard.type("suns", delay=25)
+    _wait_rows_for(page, "suns", "sunset")
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(200)
+    assert page.locator(POPUP).count() == 0 and not other.is_visible()
+    # a word ours has nothing for: theirs may open (one popup), and Tab is theirs then
+    page.keyboard.type(", zzzq", delay=25)
+    page.wait_for_timeout(600)
+    assert page.locator(POPUP).count() == 0 and other.is_visible()
+    assert page.evaluate("window.both") == 0
+
+
+def test_tagcomplete_installed_too_other_wins_by_setting(page, site):
+    ta = _tagcomplete(page, site)
+    page.evaluate("opts.tagloom_autocomplete_conflict = 'other'")
+    other = page.locator(".autocompleteResults")
+    page.keyboard.type("1girl, twin", delay=25)
+    page.wait_for_timeout(700)
+    assert page.locator(POPUP).count() == 0  # ours stays silent
+    assert other.is_visible() and other.inner_text() == "other: twin"
+    page.keyboard.press("Tab")
+    assert ta.input_value() == "1girl, twinOTHER, "  # (the stand-in inserts its marker)
+    # tagcomplete switched off in its own settings: ours opens again
+    page.evaluate("window.TAC_CFG.activeIn.global = false")
+    page.keyboard.type("kitsu", delay=25)
+    _wait_rows_for(page, "kitsu", "fox girl")
+    assert page.evaluate("window.both") == 0
