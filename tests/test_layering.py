@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 # subpackage or top-level module of tagloom/ goes into one of these, and into docs/development.md.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"tagloom", "errors", "tomlcompat", "config", "jsonfile", "options", "images", "progress",
-                    "caches", "workflow_paths"}),
+                    "caches", "workflow_paths", "names"}),
     ("models and tag data", {"tagger", "tags"}),
     ("features on one of them", {"caption", "search", "training"}),
     ("features on several", {"llm", "server"}),
