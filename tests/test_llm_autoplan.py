@@ -161,3 +161,16 @@ def test_coverage_counts_by_tags_and_posts(db):
     assert cov["categories"]["CHARACTER_RELATED"]["tags"] == 2
     text = coverage.format_text(cov)
     assert "by posts" in text and "neighbors" in text
+
+
+def test_tiers_plan_lists_the_tags_below_every_tier(tmp_path, db, server, capsys):
+    """--plan tiers never drops a tag silently: the ones below the lowest tier are counted and named."""
+    tiers_file = tmp_path / "tiers.toml"
+    tiers_file.write_text(f'[[tier]]\nname = "rest"\nmin_posts = 100\nprovider = "ollama"\nmodel = "m"\n'
+                          f'base_url = "{server.url}"\n')
+    assert cli(["categorize", "--tiers", str(tiers_file), "--dry-run", "--db", str(db.path)]) == 0
+    out = capsys.readouterr().out
+    assert "not reached by any tier: 3 pending tags below 100 posts (120 posts)" in out
+    assert all(n in out for n in LOW)
+    assert cli(["categorize", "--tiers", str(tiers_file), "--db", str(db.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unreached"] == 3

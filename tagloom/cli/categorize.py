@@ -131,6 +131,7 @@ def run_task_cli(args, task_name: str) -> int:
         print(file=sys.stderr)
         if before is not None:
             summary["coverage"] = _record_coverage(db, cats, before)
+        summary["unreached"] = len(getattr(planned, "unreached", []))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
     else:
@@ -146,6 +147,8 @@ def run_task_cli(args, task_name: str) -> int:
                 print("  still pending (run again): " + ", ".join(t["failed"][:20]))
         if summary.get("coverage"):
             print(summary["coverage"]["line"])
+        if pipeline.unreached_line(planned):
+            print(pipeline.unreached_line(planned))
     return 1 if any(t["failed"] for t in summary["tiers"]) else 0
 
 

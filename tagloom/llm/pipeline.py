@@ -52,7 +52,29 @@ def plan(db: TagDB, task: jobs.Task, tiers: list[Tier], limit: int | None = None
             row = db.conn.execute("SELECT post_count FROM tags WHERE name=?", (name,)).fetchone()
             posts[name] = row[0] if row else 0
     split = split_by_tier(tiers, [(t, posts[t]) for t in tags])
-    return [(t, split[t.name]) for t in tiers]
+    planned = Planned((t, split[t.name]) for t in tiers)
+    reached = {n for names in split.values() for n in names}
+    planned.unreached = [n for n in tags if n not in reached]
+    planned.unreached_posts = sum(posts[n] or 0 for n in planned.unreached)
+    return planned
+
+
+class Planned(list):
+    """[(tier, tags)], plus the pending tags below every tier's ``min_posts`` (``unreached``): no
+    tier asks them, and the dry run and the run say so instead of dropping them silently."""
+
+    unreached: list[str] = []
+    unreached_posts: int = 0
+
+
+def unreached_line(planned) -> str | None:
+    left = getattr(planned, "unreached", [])
+    if not left:
+        return None
+    lowest = min((t.min_posts for t, _ in planned), default=0)
+    return (f"not reached by any tier: {len(left):,} pending tags below {lowest} posts ({planned.unreached_posts:,} posts), "
+            "e.g. " + ", ".join(left[:10]) + (", ..." if len(left) > 10 else "")
+            + "; set the last tier's min_posts to 0, or use --plan auto (its neighbour pass labels what it is sure of)")
 
 
 def dry_run_table(planned: list[tuple[Tier, list[str]]], task: jobs.Task) -> str:
@@ -83,6 +105,8 @@ def dry_run_table(planned: list[tuple[Tier, list[str]]], task: jobs.Task) -> str
         lines.append(f"{tier.name:<12} " + " ".join(f"{cost(est, p):>24.4f}" for p in providers))
     planned_cost = sum(cost(est, tier) for tier, est in costs)
     lines.append(f"planned total (each tier on its own provider): ${planned_cost:.4f}")
+    if unreached_line(planned):
+        lines.append(unreached_line(planned))
     return "\n".join(lines)
 
 
