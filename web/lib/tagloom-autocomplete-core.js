@@ -327,6 +327,8 @@ export class TagAutocomplete {
     }
     ta.addEventListener("input", (e) => !e.isComposing && this.onInput(ta));
     ta.addEventListener("compositionend", () => this.onInput(ta)); // IME input (中文, 日本語) is done
+    // while an IME composes, the word changes without input events we act on: no rows for the old one
+    ta.addEventListener("compositionstart", () => this.target === ta && this.hide());
     // capture, so that Tab/Enter/Escape are ours before the host's own key handlers see them
     ta.addEventListener("keydown", (e) => this.onKeyDown(ta, e), true);
     ta.addEventListener("blur", () => setTimeout(() => this.target === ta && this.doc.activeElement !== ta && this.hide(), 150));
