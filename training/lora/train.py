@@ -12,14 +12,13 @@ import json
 import math
 import os
 import random
-import signal
 import time
 from pathlib import Path
 
 from tagloom import config
-from tagloom.errors import CancelledError, TagLoomError
 from tagloom.training.lora.options import LoraOptions
 from tagloom.training.progress import log, report
+from tagloom.training.trainer import Trainer
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 UNET_CONV_TARGETS = ["conv1", "conv2"]
@@ -49,24 +48,25 @@ def state_dir(out: Path) -> Path:
     return out.parent / f".{out.stem}.tagloom-state"
 
 
-class LoraTrainer:
+class LoraTrainer(Trainer):
+    """The hooks of training/trainer.py's Trainer over a diffusers base with peft adapters; the
+    state (state.tagloom) lives in a hidden folder beside the output file."""
+
+    kind = "lora"
+    state_file = "state.tagloom"
+    fingerprint_fields = "rank, batch, resolution, images"
+
     def __init__(self, opts: LoraOptions, base=None):
         import torch
 
-        self.opts = opts
+        super().__init__(opts)
         self.out = output_path(opts.out)
         self.state_dir = state_dir(self.out)
         if opts.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(opts.device)
-        mp = opts.precision
-        if mp == "auto":
-            from tagloom.training.precision import auto_mixed_precision
-
-            mp = auto_mixed_precision(self.device) or "no"
-        self.mixed_precision = mp
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp)
+        self._resolve_precision(off="no")  # kohya's ss_mixed_precision word for full precision
         weight_dtype = self.amp_dtype if (self.amp_dtype is not None and self.device.type == "cuda") else torch.float32
         if base is None:
             from tagloom.training.lora.base import load_base
@@ -74,10 +74,11 @@ class LoraTrainer:
             base = load_base(opts.base, dtype=weight_dtype)
         self.base = base
         self.weight_dtype = weight_dtype
-        self.step = 0
-        self.started_at = time.time()
-        self._stop = False
         self._setup()
+
+    @property
+    def mixed_precision(self) -> str:  # the attribute's former name
+        return self.precision
 
     # --- setup --------------------------------------------------------------------------------
     def _setup(self):
@@ -351,22 +352,16 @@ class LoraTrainer:
         return path
 
     def save_state(self) -> None:
-        import torch
         from peft import get_peft_model_state_dict
 
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        state = {
+        self.write_state({
             "step": self.step, "total_steps": self.total_steps, "started_at": self.started_at,
             "unet": {k: v.float() for k, v in get_peft_model_state_dict(self.base.unet).items()},
             "te": [{k: v.float() for k, v in get_peft_model_state_dict(te).items()} for te in self.base.text_encoders]
             if self.train_te else [],
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "fingerprint": self.fingerprint(),
-        }
-        tmp = self.state_dir / "state.tagloom.tmp"
-        torch.save(state, str(tmp))
-        os.replace(tmp, self.state_dir / "state.tagloom")
+        })
 
     def fingerprint(self) -> str:
         """What must not change between a run and its resume."""
@@ -375,16 +370,11 @@ class LoraTrainer:
                            o.buckets, o.seed, [s.item.rel for s in self.samples], self.base.arch])
 
     def load_state(self) -> bool:
-        import torch
         from peft import set_peft_model_state_dict
 
-        path = self.state_dir / "state.tagloom"
-        if not path.is_file():
+        state = self.read_state()
+        if state is None:
             return False
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        if state["fingerprint"] != self.fingerprint():
-            raise TagLoomError(f"{path}: saved with different settings or dataset (rank, batch, resolution, images); "
-                               "remove it or train without --resume")
         set_peft_model_state_dict(self.base.unet, state["unet"])
         for te, sd in zip(self.base.text_encoders, state["te"]):
             set_peft_model_state_dict(te, sd)
@@ -431,49 +421,22 @@ class LoraTrainer:
         image.save(path)
         return path
 
-    # --- the loop -----------------------------------------------------------------------------
-    def _on_signal(self, signum, frame):
-        self._stop = True  # finish the current step, save state, exit: cancel loses nothing
-
-    def train(self, stop_after: int | None = None) -> Path:
+    # --- the loop (Trainer.train) -------------------------------------------------------------
+    def after_step(self, loss: float) -> None:
         opts = self.opts
-        if opts.resume and self.load_state():
-            log(f"resumed at step {self.step}/{self.total_steps} from {self.state_dir}")
-        elif opts.resume:
-            log(f"--resume: no state in {self.state_dir}; starting fresh")
-        old = None
-        try:
-            old = signal.signal(signal.SIGTERM, self._on_signal)
-        except ValueError:  # not the main thread (a test or a node calling in-process)
-            pass
-        try:
-            report(event="start", kind="lora", step=self.step, total=self.total_steps, images=len(self.samples),
-                   device=str(self.device), precision=self.mixed_precision)
-            while self.step < self.total_steps:
-                loss = self.train_step()
-                report(step=self.step, total=self.total_steps, loss=loss, lr=self.scheduler.get_last_lr()[0],
-                       epoch=self.step // self.steps_per_epoch)
-                at_epoch_end = self.step % self.steps_per_epoch == 0
-                if (opts.save_every and self.step % opts.save_every == 0) or (not opts.save_every and at_epoch_end):
-                    self.save_state()
-                    self.save_lora()
-                if opts.sample_every and opts.sample_prompt and self.step % opts.sample_every == 0:
-                    path = self.render_sample()
-                    report(event="sample", step=self.step, total=self.total_steps, path=str(path))
-                if self._stop:
-                    self.save_state()
-                    raise CancelledError(f"stopped at step {self.step}; state saved in {self.state_dir}, rerun with --resume")
-                if stop_after is not None and self.step >= stop_after:
-                    self.save_state()
-                    return self.out
+        at_epoch_end = self.step % self.steps_per_epoch == 0
+        if (opts.save_every and self.step % opts.save_every == 0) or (not opts.save_every and at_epoch_end):
             self.save_state()
-            path = self.save_lora()
-        finally:
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
-        report(event="done", out=str(path), step=self.step, total=self.total_steps)
-        log(f"wrote {path}")
-        return path
+            self.save_lora()
+        if opts.sample_every and opts.sample_prompt and self.step % opts.sample_every == 0:
+            path = self.render_sample()
+            report(event="sample", step=self.step, total=self.total_steps, path=str(path))
+
+    def finish(self) -> Path:
+        return self.save_lora()
+
+    def start_fields(self) -> dict:
+        return {"images": len(self.samples), "device": str(self.device), "precision": self.precision}
 
 
 class _Null:

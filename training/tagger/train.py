@@ -1,4 +1,5 @@
-"""The tagger training loop.
+"""The tagger trainer: ``TaggerTrainer``, the hooks of training/trainer.py's ``Trainer`` (the shape
+the LoRA trainer shares), and ``train_tagger(opts)``, which runs it.
 
 Runs unchanged as one process or under ``torchrun``/``accelerate launch`` (it reads WORLD_SIZE,
 RANK and LOCAL_RANK and wraps the model in DDP). Determinism is what makes resume exact: the data
@@ -9,6 +10,7 @@ and ends with the same weights as an uninterrupted run (on the same device and s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +22,7 @@ from typing import Callable
 from tagloom.errors import InputFileError, TagLoomError
 from tagloom.training.progress import is_main_process, log, report
 from tagloom.training.tagger.options import TaggerOptions
+from tagloom.training.trainer import Trainer
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)  # the wd taggers' normalisation (not timm's CLIP mean/std)
 DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -288,206 +291,302 @@ def _rng_state():
     return {"torch": torch.get_rng_state(), "python": repr(random.getstate()), "numpy": repr(np.random.get_state())}
 
 
-def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | None = None) -> Path:
-    """Train and write the model folder; returns its path. ``on_epoch(epoch, metrics)`` is called
-    after each epoch's checkpoint (tests use it to simulate a kill)."""
-    import numpy as np
-    import torch
-    from safetensors.torch import save_file
+class TaggerTrainer(Trainer):
+    """The hooks of training/trainer.py's Trainer over a timm model. A step is one optimizer step
+    (``grad_accum`` batches); an epoch ends with validation, ``best.safetensors`` when it improved and
+    the resumable state ``checkpoints/last.pt``. Resume continues after the last finished epoch: a
+    stop in the middle of an epoch keeps the previous epoch's state. ``on_epoch(epoch, metrics)`` is
+    called after each epoch's checkpoint (tests use it to simulate a kill)."""
 
-    from tagloom.tagger.export import export_onnx
-    from tagloom.training.data.prepare import write_selected_tags
-    from tagloom.training.tagger.data import TaggerDataset
-    from tagloom.training.tagger.losses import make_loss
-    from tagloom.training.tagger.metrics import evaluate
+    kind = "tagger"
+    state_file = "last.pt"
+    fingerprint_fields = "model, resolution, tag list"
 
-    out = Path(opts.out)
-    ckpt_dir = out / "checkpoints"
-    if is_main_process():
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    own_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    device, world, rank = setup_distributed(opts.device)
-    precision = opts.precision
-    if precision == "auto":
-        from tagloom.training.precision import auto_mixed_precision
+    def __init__(self, opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | None = None):
+        import torch
 
-        precision = auto_mixed_precision(device) or "fp32"
+        super().__init__(opts)
+        self.on_epoch = on_epoch
+        self.out = Path(opts.out)
+        self.state_dir = self.out / "checkpoints"
+        if is_main_process():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.own_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        self.device, self.world, self.rank = setup_distributed(opts.device)
+        self._resolve_precision(off="fp32")
+        self.epoch = 0  # the next epoch to run
+        self.best_f1, self.bad_epochs, self.history = -1.0, 0, []
+        self.stopped_early = False
+        self._iter = None  # the current epoch's batches; None between epochs
+        self._saved_epoch: int | None = None
+        self._setup()
 
-    train_items, val_items, tags = load_dataset(opts)
-    names = [t[0] for t in tags]
-    categories = [t[1] for t in tags]
-    index = {n: i for i, n in enumerate(names)}
-    opts._tag_names = names  # for head-row transfer in init_from
-    torch.manual_seed(opts.seed)
-    model, config = create_network(opts, len(names))
-    size = config["pretrained_cfg"]["input_size"][-1]
-    mean, std = config["pretrained_cfg"]["mean"], config["pretrained_cfg"]["std"]
-    if opts.gradient_checkpointing and hasattr(model, "set_grad_checkpointing"):
-        model.set_grad_checkpointing(True)
-    model.to(device)
+    # --- setup --------------------------------------------------------------------------------
+    def _setup(self):
+        import torch
 
-    train_ds = TaggerDataset([s for s, _c in train_items], _labels([c for _s, c in train_items], index), len(names),
-                             size, mean, std, augment=opts.augment == "trivial")
-    val_ds = TaggerDataset([s for s, _c in val_items], _labels([c for _s, c in val_items], index), len(names), size,
-                           mean, std)
-    if len(train_ds) == 0:
-        raise TagLoomError(f"{opts.dataset}: no training images after the split")
+        from tagloom.training.tagger.data import TaggerDataset
+        from tagloom.training.tagger.losses import make_loss
 
-    from timm.optim import create_optimizer_v2
+        opts, device, world, rank = self.opts, self.device, self.world, self.rank
+        train_items, val_items, self.tags = load_dataset(opts)
+        names = self.names = [t[0] for t in self.tags]
+        self.categories = [t[1] for t in self.tags]
+        index = {n: i for i, n in enumerate(names)}
+        opts._tag_names = names  # for head-row transfer in init_from
+        torch.manual_seed(opts.seed)
+        model, self.config = create_network(opts, len(names))
+        self.size = self.config["pretrained_cfg"]["input_size"][-1]
+        mean, std = self.config["pretrained_cfg"]["mean"], self.config["pretrained_cfg"]["std"]
+        if opts.gradient_checkpointing and hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(True)
+        model.to(device)
+        self.model = model
 
-    lr = opts.lr if opts.lr is not None else (2e-3 if opts.optimizer == "lamb" else 1e-4)
-    extra = {"fused": True} if device.type == "cuda" and opts.optimizer == "adamw" else {}  # one kernel per step
-    optimizer = create_optimizer_v2(model, opt=opts.optimizer, lr=lr, weight_decay=opts.weight_decay, **extra)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 parts (head, loss) on tensor cores
-        torch.backends.cudnn.allow_tf32 = True
-    per_rank = math.ceil(len(train_ds) / world)
-    batches = math.ceil(per_rank / opts.batch_size)
-    steps_per_epoch = math.ceil(batches / opts.grad_accum)
-    total_steps = steps_per_epoch * opts.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(opts.warmup * total_steps)))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = make_loss(opts.loss)
+        self.train_ds = TaggerDataset([s for s, _c in train_items], _labels([c for _s, c in train_items], index),
+                                      len(names), self.size, mean, std, augment=opts.augment == "trivial")
+        val_ds = TaggerDataset([s for s, _c in val_items], _labels([c for _s, c in val_items], index), len(names),
+                               self.size, mean, std)
+        if len(self.train_ds) == 0:
+            raise TagLoomError(f"{opts.dataset}: no training images after the split")
 
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if opts.compile:
-        train_model = torch.compile(train_model)
+        from timm.optim import create_optimizer_v2
 
-    start_epoch, step, best_f1, bad_epochs, history = 0, 0, -1.0, 0, []
-    last = ckpt_dir / "last.pt"
-    if opts.resume and last.is_file():
-        state = torch.load(str(last), map_location="cpu", weights_only=True)
-        if list(state["tags"]) != names:
-            raise InputFileError(last, "checkpoint was trained on a different tag list (selected_tags.csv changed)")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:  # empty when saved with fp16 off; loading {} into an enabled scaler raises
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
-        best_f1, bad_epochs = float(state["best_f1"]), int(state["bad_epochs"])
-        history = json.loads(state["history"])
-        log(f"resumed from {last} after epoch {start_epoch}")
-    elif opts.resume:
-        log(f"--resume: no checkpoint at {last}; starting fresh")
+        lr = opts.lr if opts.lr is not None else (2e-3 if opts.optimizer == "lamb" else 1e-4)
+        extra = {"fused": True} if device.type == "cuda" and opts.optimizer == "adamw" else {}  # one kernel per step
+        self.optimizer = create_optimizer_v2(model, opt=opts.optimizer, lr=lr, weight_decay=opts.weight_decay, **extra)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 parts (head, loss) on tensor cores
+            torch.backends.cudnn.allow_tf32 = True
+        per_rank = math.ceil(len(self.train_ds) / world)
+        batches = math.ceil(per_rank / opts.batch_size)
+        self.steps_per_epoch = math.ceil(batches / opts.grad_accum)
+        self.total_steps = self.steps_per_epoch * opts.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.total_steps, int(opts.warmup * self.total_steps)))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.loss_fn = make_loss(opts.loss)
 
-    loader_kw = dict(batch_size=opts.batch_size, num_workers=opts.workers, pin_memory=device.type == "cuda",
-                     persistent_workers=False)
-    val_loader = torch.utils.data.DataLoader(val_ds, shuffle=False,
-                                             sampler=val_shard(len(val_ds), world, rank) if world > 1 else None,
-                                             **loader_kw)
-    report(event="start", kind="tagger", total=total_steps, step=step, epochs=opts.epochs, images=len(train_ds),
-           tags=len(names), device=str(device), precision=precision)
-    t_start = time.time()
-    model.train()
-    for epoch in range(start_epoch, opts.epochs):
+        self.train_model = model
+        if world > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if opts.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.loader_kw = dict(batch_size=opts.batch_size, num_workers=opts.workers, pin_memory=device.type == "cuda",
+                              persistent_workers=False)
+        self.val_loader = torch.utils.data.DataLoader(val_ds, shuffle=False,
+                                                      sampler=val_shard(len(val_ds), world, rank) if world > 1 else None,
+                                                      **self.loader_kw)
+        model.train()
+
+    # --- one step -----------------------------------------------------------------------------
+    def _begin_epoch(self) -> None:
+        import torch
+
         # every random draw of this epoch derives from (seed, epoch): shuffle, augmentation, drop-path.
         # The order is the same on every rank (each takes its shard of it); augmentation and drop-path
         # draws also depend on the rank, else all GPUs would draw the same masks and ops for their
         # i-th images (rank 0 draws exactly what a single process draws).
-        epoch_seed = opts.seed * 100003 + epoch
+        opts, rank = self.opts, self.rank
+        epoch_seed = opts.seed * 100003 + self.epoch
         torch.manual_seed(epoch_seed + rank * 1_000_003)
         g = torch.Generator().manual_seed(epoch_seed)
-        order = torch.randperm(len(train_ds), generator=g).tolist()
+        order = torch.randperm(len(self.train_ds), generator=g).tolist()
         loader_g = g if rank == 0 else torch.Generator().manual_seed(epoch_seed + rank * 1_000_003)  # worker seeds
-        loader = torch.utils.data.DataLoader(train_ds, sampler=shard(order, world, rank), generator=loader_g, **loader_kw)
-        optimizer.zero_grad(set_to_none=True)
-        running, seen, t_epoch = 0.0, 0, time.time()
-        for b, (x, y) in enumerate(loader):
+        loader = torch.utils.data.DataLoader(self.train_ds, sampler=shard(order, self.world, rank), generator=loader_g,
+                                             **self.loader_kw)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._running, self._seen, self._t_epoch = 0.0, 0, time.time()
+        self._batches = len(loader)
+        self._iter = enumerate(loader)
+
+    def train_step(self) -> float:
+        """One optimizer step over the next ``grad_accum`` batches of the epoch (fewer at its end)."""
+        import torch
+
+        opts, device, world, model = self.opts, self.device, self.world, self.model
+        if self._iter is None:
+            self._begin_epoch()
+        step_loss, step_seen = 0.0, 0
+        while True:
+            b, (x, y) = next(self._iter)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            last_micro = (b + 1) % opts.grad_accum == 0 or b + 1 == len(loader)
+            last_micro = (b + 1) % opts.grad_accum == 0 or b + 1 == self._batches
             sync = world == 1 or last_micro
-            ctx = train_model.no_sync() if (world > 1 and not sync and hasattr(train_model, "no_sync")) else _null()
+            tm = self.train_model
+            ctx = tm.no_sync() if (world > 1 and not sync and hasattr(tm, "no_sync")) else contextlib.nullcontext()
             with ctx:
-                with _autocast(device, precision):
-                    logits = train_model(x)
-                loss = loss_fn(logits.float(), y)
-                scaler.scale(loss * opts.loss_multiplier / opts.grad_accum).backward()
-            running += float(loss.detach()) * len(x)
-            seen += len(x)
+                with self.autocast():
+                    logits = tm(x)
+                loss = self.loss_fn(logits.float(), y)
+                self.scaler.scale(loss * opts.loss_multiplier / opts.grad_accum).backward()
+            self._running += float(loss.detach()) * len(x)
+            self._seen += len(x)
+            step_loss += float(loss.detach()) * len(x)
+            step_seen += len(x)
             if last_micro:
-                scaler.unscale_(optimizer)
-                if opts.loss_multiplier != 1.0:
-                    for p in model.parameters():
-                        if p.grad is not None:
-                            p.grad.div_(opts.loss_multiplier)
-                if opts.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
-                report(step=step, total=total_steps, epoch=epoch + 1, loss=running / max(1, seen),
-                       lr=scheduler.get_last_lr()[0])
-        epoch_time = time.time() - t_epoch
+                break
+        self.scaler.unscale_(self.optimizer)
+        if opts.loss_multiplier != 1.0:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(opts.loss_multiplier)
+        if opts.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        if b + 1 == self._batches:  # the epoch's last batch: end the loader's iteration the way a for loop does
+            next(self._iter, None)
+            self._iter = None
+        return step_loss / max(1, step_seen)
+
+    def step_fields(self, loss: float) -> dict:
+        # the epoch's running loss (smoother than one step's), epochs counted from 1
+        return {"epoch": self.epoch + 1, "loss": self._running / max(1, self._seen),
+                "lr": self.scheduler.get_last_lr()[0]}
+
+    def stop_requested(self) -> bool:
+        """Under torchrun every rank gets SIGTERM, each at its own step: they agree on stopping
+        (any rank asked) so that none is left waiting in a collective for one that left."""
+        if self.world == 1:
+            return self._stop
+        import torch
+
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    # --- the epoch's end ----------------------------------------------------------------------
+    def after_step(self, loss: float) -> None:
+        if self._iter is None:
+            self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        from tagloom.training.tagger.metrics import evaluate
+
+        opts, world, epoch = self.opts, self.world, self.epoch
+        epoch_time = time.time() - self._t_epoch
+        running, seen = self._running, self._seen
         if world > 1:  # the epoch's loss over all ranks' images, not rank 0's share only
-            totals = torch.tensor([running, float(seen)], dtype=torch.float64, device=device)
+            totals = torch.tensor([running, float(seen)], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(totals)
             running, seen = totals[0].item(), int(totals[1].item())
-        probs, targets = _predict(model, val_loader, device, precision)
+        probs, targets = _predict(self.model, self.val_loader, self.device, self.precision)
         probs, targets = _gather(probs, world), _gather(targets, world)
-        metrics = evaluate(probs, targets, categories) if len(probs) else {"macro_f1": 0.0, "map": 0.0, "threshold": 0.5}
+        metrics = (evaluate(probs, targets, self.categories) if len(probs)
+                   else {"macro_f1": 0.0, "map": 0.0, "threshold": 0.5})
         metrics.update(epoch=epoch + 1, train_loss=running / max(1, seen), images_per_s=seen / max(epoch_time, 1e-9))
-        history.append(metrics)
-        improved = metrics["macro_f1"] > best_f1
+        self.history.append(metrics)
+        improved = metrics["macro_f1"] > self.best_f1
         if improved:
-            best_f1, bad_epochs = metrics["macro_f1"], 0
+            self.best_f1, self.bad_epochs = metrics["macro_f1"], 0
         else:
-            bad_epochs += 1
-        if is_main_process():
-            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            if improved:
-                save_file(weights, str(ckpt_dir / "best.safetensors"))
-                (ckpt_dir / "best.json").write_text(json.dumps(metrics, indent=1))
-            tmp = ckpt_dir / "last.pt.tmp"
-            torch.save({
-                "model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "best_f1": best_f1,
-                "bad_epochs": bad_epochs, "history": json.dumps(history), "tags": names, "rng": _rng_state(),
-            }, str(tmp))
-            os.replace(tmp, last)  # atomic: a kill while saving leaves the previous checkpoint intact
-        report(event="epoch", epoch=epoch + 1, step=step, total=total_steps, loss=metrics["train_loss"],
+            self.bad_epochs += 1
+        self.epoch += 1
+        if improved and is_main_process():
+            save_file(self._weights(), str(self.state_dir / "best.safetensors"))
+            (self.state_dir / "best.json").write_text(json.dumps(metrics, indent=1))
+        self.save_state()
+        report(event="epoch", epoch=epoch + 1, step=self.step, total=self.total_steps, loss=metrics["train_loss"],
                val_f1=metrics["macro_f1"], val_map=metrics["map"], threshold=metrics["threshold"])
         log(f"epoch {epoch + 1}/{opts.epochs}: loss {metrics['train_loss']:.4f}, val macro-F1@P=R "
             f"{metrics['macro_f1']:.4f} (t={metrics['threshold']:.2f}), mAP {metrics['map']:.4f}, "
             f"{metrics['images_per_s']:.1f} img/s")
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        if opts.patience and bad_epochs >= opts.patience:
-            log(f"early stopping: validation F1 did not improve for {bad_epochs} epochs")
-            break
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, metrics)
+        if opts.patience and self.bad_epochs >= opts.patience:
+            log(f"early stopping: validation F1 did not improve for {self.bad_epochs} epochs")
+            self.stopped_early = True
 
-    if world > 1:
-        torch.distributed.barrier()
-        if own_group:  # NCCL wants its communicators torn down before exit
-            torch.distributed.destroy_process_group()
-    if not is_main_process():
-        return out
-    # the final folder holds the best epoch's weights, with thresholds calibrated on them
-    from safetensors.torch import load_file
+    def done(self) -> bool:
+        return self.stopped_early or self.epoch >= self.opts.epochs
 
-    best = ckpt_dir / "best.safetensors"
-    if best.is_file():
-        model.load_state_dict(load_file(str(best)))
-        metrics = json.loads((ckpt_dir / "best.json").read_text())
-    else:
-        metrics = history[-1] if history else {}
-    write_model_folder(model, config, tags, metrics, history, out, opts.onnx)
-    report(event="done", out=str(out), seconds=time.time() - t_start, val_f1=metrics.get("macro_f1"))
-    log(f"wrote {out}")
-    return out
+    # --- state --------------------------------------------------------------------------------
+    def _weights(self) -> dict:
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+
+    def fingerprint(self) -> str:
+        """What must not change between a run and its resume."""
+        return json.dumps([self.opts.model_name, self.size, self.names])
+
+    def check_fingerprint(self, state: dict, path: Path) -> None:
+        if list(state["tags"]) != self.names:
+            raise InputFileError(path, "checkpoint was trained on a different tag list (selected_tags.csv changed)")
+        if "fingerprint" in state:  # checkpoints written before the fingerprint are checked by their tags only
+            super().check_fingerprint(state, path)
+
+    def save_state(self) -> None:
+        """last.pt after a finished epoch; in the middle of one, the previous epoch's stays (resume
+        reruns the epoch from its start, which is what keeps it exact)."""
+        if self._saved_epoch == self.epoch:
+            return
+        if self._iter is not None:
+            log(f"stopped in epoch {self.epoch + 1}: --resume starts it again from {self.state_path}")
+            return
+        self.write_state({
+            "model": self._weights(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch - 1,
+            "step": self.step, "best_f1": self.best_f1, "bad_epochs": self.bad_epochs,
+            "history": json.dumps(self.history), "tags": self.names, "rng": _rng_state(),
+        })
+        self._saved_epoch = self.epoch
+
+    def load_state(self) -> bool:
+        state = self.read_state()
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:  # empty when saved with fp16 off; loading {} into an enabled scaler raises
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]) + 1, int(state["step"])
+        self.best_f1, self.bad_epochs = float(state["best_f1"]), int(state["bad_epochs"])
+        self.history = json.loads(state["history"])
+        self._saved_epoch = self.epoch
+        return True
+
+    # --- the end ------------------------------------------------------------------------------
+    def finish(self) -> Path:
+        """The final folder holds the best epoch's weights, with thresholds calibrated on them."""
+        import torch
+        from safetensors.torch import load_file
+
+        if self.world > 1:
+            torch.distributed.barrier()
+            if self.own_group:  # NCCL wants its communicators torn down before exit
+                torch.distributed.destroy_process_group()
+        self.final_metrics = {}
+        if not is_main_process():
+            return self.out
+        best = self.state_dir / "best.safetensors"
+        if best.is_file():
+            self.model.load_state_dict(load_file(str(best)))
+            self.final_metrics = json.loads((self.state_dir / "best.json").read_text())
+        else:
+            self.final_metrics = self.history[-1] if self.history else {}
+        write_model_folder(self.model, self.config, self.tags, self.final_metrics, self.history, self.out, self.opts.onnx)
+        return self.out
+
+    def start_fields(self) -> dict:
+        return {"epochs": self.opts.epochs, "images": len(self.train_ds), "tags": len(self.names),
+                "device": str(self.device), "precision": self.precision}
+
+    def done_fields(self) -> dict:
+        return {"seconds": time.time() - self._t_start, "val_f1": self.final_metrics.get("macro_f1")}
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | None = None) -> Path:
+    """Train and write the model folder; returns its path. ``on_epoch(epoch, metrics)`` is called
+    after each epoch's checkpoint (tests use it to simulate a kill)."""
+    return TaggerTrainer(opts, on_epoch=on_epoch).train()
 
 
 def threshold_json(metrics: dict) -> dict:
