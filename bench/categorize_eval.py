@@ -108,15 +108,16 @@ def main() -> int:
     ap.add_argument("--base-url")
     ap.add_argument("--model")
     ap.add_argument("--batch-size", type=int, default=20)
-    ap.add_argument("--limit", type=int, help="only the first N labelled tags (a quick look)")
+    ap.add_argument("--limit", type=int, help="only N labelled tags, spread evenly over the file (a quick look)")
     args = ap.parse_args()
 
     from tagloom.llm import evaluate
     from tagloom.llm.providers import make_provider
 
     labels = evaluate.read_labels(args.labels)
-    if args.limit:
-        labels = dict(list(labels.items())[: args.limit])
+    if args.limit and args.limit < len(labels):
+        items = list(labels.items())  # an even spread over the file, which is grouped by category
+        labels = dict(items[round(i * len(items) / args.limit)] for i in range(args.limit))
     n = len(labels)
     print(f"# {n} hand-labelled general tags ({Path(args.labels).name}); {platform.machine()}, {os.cpu_count()} cores")
     print(f"{'method':<34} {'tags':>5} {'labelled':>9} {'right of lab.':>12} {'right':>9} {'seconds':>8}")

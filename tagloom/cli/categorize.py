@@ -269,11 +269,11 @@ def handle_stats(args) -> int:
     with TagDB(args.db) as db:
         cov = coverage.compute(db, ranges, danbooru_categories=cats)
         last = coverage.last_run(db)
+    if args.html:  # first: the page is what was asked for, whatever happens to standard output
+        Path(args.html).write_text(coverage.format_html(cov, last), encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr)
     if args.json:
         print(json.dumps({**cov, "last_run": last}, ensure_ascii=False, indent=1))
     else:
         print(coverage.format_text(cov, last))
-    if args.html:
-        Path(args.html).write_text(coverage.format_html(cov, last), encoding="utf-8")
-        print(f"wrote {args.html}", file=sys.stderr)
     return 0
