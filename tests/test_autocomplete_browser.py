@@ -577,6 +577,7 @@ def test_bracket_rules_are_pure_functions(page, site):
         "(a:1.2), blo": "(a:1.2), blonde hair, |",
         "1girl, blo": "1girl, blonde hair, |",
         "1girl, blo| ,  solo": "1girl, blonde hair, |solo",
+        "1girl, >_<, blo": "1girl, >_<, blonde hair, |",  # a kaomoji opens no group
     }
     tags = {"(": "blonde hair", "1": "blonde hair", "[r": "blue hair", "[s": "smile", "[c": "dress", "{": "flower",
             "\\": "blonde hair"}
@@ -602,13 +603,14 @@ def test_bracket_rules_are_pure_functions(page, site):
     assert dict(zip(cases, out)) == cases
     more = page.evaluate("""([a, b]) => { const m = window.tlCore; return {
         groups: [m.openGroups("masterpiece, ((blonde ha"), m.openGroups("[red|blu"), m.openGroups("(a:1.2), b"),
-                 m.openGroups(a), m.openGroups("[a:(b:1.1):0.5], c"), m.openGroups("<lora:x:0.8>, (")],
+                 m.openGroups(a), m.openGroups("[a:(b:1.1):0.5], c"), m.openGroups("<lora:x:0.8>, ("),
+                 m.openGroups("1girl, >_<, <lora:x:1>, ")],
         escape: [m.escapeForGroup(":d", "["), m.escapeForGroup(":d", "("), m.escapeForGroup("a|b", "(["),
                  m.escapeForGroup(b, "[")],
         colon: (() => { const t = "[cat ears:sm"; const p = m.planCompletion(t, m.currentToken(t, t.length), ":d");
                         return t.slice(0, p.start) + p.insert + t.slice(p.end); })(),
       }; }""", ["\\(x, y", "\\:d"])
-    assert more["groups"] == ["((", "[", "", "", "", "("]
+    assert more["groups"] == ["((", "[", "", "", "", "(", ""]
     assert more["escape"] == ["\\:d", ":d", "a\\|b", "\\:d"]
     assert more["colon"] == "[cat ears:\\:d"  # a `:` in a tag would split [from:to:when]
 

@@ -118,19 +118,20 @@ export function currentToken(text, caret) {
 
 /**
  * The brackets still open at `pos`: a string of "(", "[" and "{", outermost first, escaped ones
- * (`\(`) ignored; a closer pops its opener. `<...>` (lora, embeddings) counts as a group too.
+ * (`\(`) ignored; a closer pops its opener. `<` and `>` are not counted: nothing is suggested
+ * inside `<lora:...>`, and a kaomoji like `>_<` earlier in the prompt must not open a group.
  * "masterpiece, ((blonde ha" -> "((" ; "[red|blu" -> "[" ; "(a:1.2), b" -> "".
  */
 export function openGroups(text, pos = text.length) {
   const stack = [];
-  const pairs = { ")": "(", "]": "[", "}": "{", ">": "<" };
+  const pairs = { ")": "(", "]": "[", "}": "{" };
   for (let i = 0; i < pos && i < text.length; i++) {
     const c = text[i];
     if (c === "\\") {
       i++; // the escaped character is text
       continue;
     }
-    if (c === "(" || c === "[" || c === "{" || c === "<") stack.push(c);
+    if (c === "(" || c === "[" || c === "{") stack.push(c);
     else if (pairs[c]) {
       const at = stack.lastIndexOf(pairs[c]);
       if (at >= 0) stack.length = at; // a closer also closes anything left open inside it
