@@ -50,28 +50,20 @@ class CaptionModel:
 
     @classmethod
     def open(cls, choice: ModelChoice, backend: str | None = None) -> "CaptionModel":
-        """Resolve (download if needed) the model and read its labels and thresholds; no weights yet."""
+        """Resolve (download if needed) the model and read its labels and thresholds; no weights yet:
+        the tagger's one place for that (tagloom.tagger.bundle.open_bundle), plus the job's own
+        threshold file, threshold overrides and formatting."""
+        from tagloom.tagger.bundle import open_bundle
         from tagloom.tagger.formatting import FormatOptions
-        from tagloom.tagger.labels import read_labels
-        from tagloom.tagger.registry import resolve_model
-        from tagloom.tagger.thresholds import Thresholds, model_thresholds, read_threshold_json
 
-        resolved = resolve_model(choice.model, backend or choice.backend)
-        # The same defaults load_tagger uses (a known model may bring its own, e.g. JoyTag's 0.4).
-        base = resolved.spec.thresholds if resolved.spec and resolved.spec.thresholds else Thresholds()
-        thresholds = model_thresholds(resolved.path, base)
-        if choice.threshold_json:
-            thresholds = read_threshold_json(choice.threshold_json, thresholds)
+        bundle = open_bundle(choice.model, backend or choice.backend)
+        thresholds = bundle.with_thresholds(choice.threshold_json, choice.thresholds)
         try:
-            thresholds = thresholds.with_overrides(**choice.thresholds)
             options = FormatOptions().with_overrides(**choice.format)
-        except (ValueError, TypeError) as e:  # a threshold outside 0..1, an unknown option
+        except (ValueError, TypeError) as e:  # an unknown option
             raise TagLoomError(str(e)) from e
-        return cls(
-            path=Path(resolved.path), backend=resolved.backend, family=resolved.family,
-            labels=read_labels(resolved.path), thresholds=thresholds, format_options=options,
-            input_size=_config_input_size(Path(resolved.path)),
-        )
+        return cls(path=bundle.path, backend=bundle.backend, family=bundle.family.name, labels=bundle.labels,
+                   thresholds=thresholds, format_options=options, input_size=bundle.input_size)
 
     def interpret(self, probs: np.ndarray, file: str | None = None) -> dict:
         """One image's probabilities -> the JSON object `tagloom tag --json` prints."""
@@ -81,11 +73,6 @@ class CaptionModel:
 
 
 def _config_input_size(model_dir: Path) -> int | None:
-    if (model_dir / "config.json").is_file():
-        from tagloom.tagger.timm_model import input_size, read_config
+    from tagloom.tagger.bundle import config_input_size
 
-        try:
-            return input_size(read_config(model_dir))
-        except Exception:  # an ONNX-only folder may carry an unrelated config.json
-            return None
-    return None
+    return config_input_size(model_dir)

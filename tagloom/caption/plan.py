@@ -62,12 +62,15 @@ def plan_model(job, device: str) -> CaptionModel:
 
 def choose_decoder(decode: str, device: str, backend: str, family: str) -> str:
     """'gpu' or 'cpu'. 'auto' decodes on the GPU whenever the engine takes pixels that lie there:
-    the torch backend, and wd-layout ONNX models through IO binding. JoyTag's ONNX input is
-    normalised on the host, so its pixels are decoded there too; without torchvision (an ONNX-only
+    the torch backend, and ONNX models whose input is the pixels themselves (the family record's
+    ``raw_pixels``: wd-v3 and ours) through IO binding. JoyTag's ONNX input is normalised on the
+    host, so its pixels are decoded there too; without torchvision (an ONNX-only
     install) the CPU decodes."""
+    from tagloom.tagger.runtime import engine_class
+
     if decode != "auto":
         return decode
-    if not device.startswith("cuda") or not (backend == "torch" or family == "wd"):
+    if not device.startswith("cuda") or not engine_class(backend).takes_device_pixels(family):
         return "cpu"
     has_torchvision = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchvision"))
     return "gpu" if has_torchvision else "cpu"

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -65,10 +64,12 @@ class CaptionActor:
 
     def __init__(self, model_path: str, backend: str, family: str, device: str, precision: str, compile: bool,
                  threads: int | None, batch_size: int, size: int, n_labels: int, gpu_decode: bool):
-        from tagloom.caption.engines import make_engine
+        from tagloom.caption.engines import job_options
+        from tagloom.tagger.runtime import open_engine
 
-        model = SimpleNamespace(path=Path(model_path), backend=backend, family=family)
-        self.engine = make_engine(model, device, precision, compile, threads, batch_size)
+        # The one runtime, with the local job's options (tagloom.caption.engines.job_options).
+        self.engine = open_engine(Path(model_path), backend, family,
+                                  job_options(device, precision, compile, threads, batch_size))
         self.n_labels = n_labels
         self.decoder = None
         if gpu_decode:
@@ -135,7 +136,7 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
     if job.device.startswith("cuda") and not gpus:
         raise TagLoomError("device 'cuda' was asked for, but the Ray cluster has no GPUs")
     model = plan_model(job, device)
-    size = model.input_size or _onnx_input_size(model.path)
+    size = model.input_size or _onnx_input_size(model.path, model.family)
     batch_size = job.batch_size or (64 if device == "cuda" else 16)
     actors = job.ray_actors or (gpus if device == "cuda" else 1)
     # As in the local job: "gpu" = torchvision's decoder on the actor's device (nvjpeg on CUDA).
@@ -189,12 +190,13 @@ def run_ray(job, todo: list[Path], sink, summary, progress) -> None:
         progress.advance(len(batch["path"]))
 
 
-def _onnx_input_size(model_dir: Path) -> int:
+def _onnx_input_size(model_dir: Path, family="wd") -> int:
     import onnxruntime as ort
 
+    from tagloom.tagger.families import get_family
+
     sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    shape = sess.get_inputs()[0].shape
-    side = shape[1] if shape[-1] == 3 else shape[-1]
+    side = get_family(family).input_side(sess.get_inputs()[0].shape)  # where the size is: the family's layout
     if not isinstance(side, int):
         raise TagLoomError(f"{model_dir}: cannot tell the model's input size (no config.json, dynamic ONNX input)")
     return side

@@ -19,29 +19,29 @@ import numpy as np
 from tagloom.errors import TagLoomError
 from tagloom.tagger.formatting import FormatOptions
 from tagloom.tagger.images import load_image
-from tagloom.tagger.labels import Labels, read_labels
-from tagloom.tagger.preprocess import PREPROCESSORS
-from tagloom.tagger.registry import ResolvedModel, resolve_model
+from tagloom.tagger.families import get_family
+from tagloom.tagger.labels import Labels, read_labels  # noqa: F401 - importable here before
+from tagloom.tagger.registry import ResolvedModel, resolve_model  # noqa: F401
 from tagloom.tagger.result import TagResult, interpret
-from tagloom.tagger.thresholds import Thresholds, model_thresholds
+from tagloom.tagger.thresholds import Thresholds, model_thresholds  # noqa: F401
 
 
 class Tagger:
     """A loaded tagger model: preprocessing, inference and interpretation for one model folder."""
 
     def __init__(self, resolved: ResolvedModel, runner, labels: Labels, thresholds: Thresholds):
+        """``resolved``: a ResolvedModel or a ModelBundle (path, family, spec); ``runner``: an engine
+        of tagloom.tagger.runtime."""
         self.model_dir: Path = resolved.path
         self.name: str = resolved.spec.repo_id if resolved.spec else str(resolved.path)
-        self.family: str = resolved.family  # "wd" | "joytag"
+        self.model_family = get_family(resolved.family)  # the family record: layout, normalisation, ...
+        self.family: str = self.model_family.name  # "wd" | "joytag" | "tagloom"
         self.backend: str = runner.name  # "onnx" | "torch"
         self.runner = runner
         self.labels = labels
         self.thresholds = thresholds  # the model's defaults (threshold.json or built-in)
-        size = getattr(runner, "input_size", None)
-        if not size:
-            size = 448
-        self.input_size: int = int(size)
-        self._preprocess = PREPROCESSORS[self.family]
+        size = getattr(runner, "input_size", None) or getattr(resolved, "input_size", None)
+        self.input_size: int = int(size or self.model_family.input_size)
 
     # --- what the backend really uses -----------------------------------------------------------
     @property
@@ -56,8 +56,8 @@ class Tagger:
 
     @property
     def layout(self) -> str:
-        """'NHWC' (wd-v3: BGR 0..255) or 'NCHW' (JoyTag: RGB, CLIP mean/std)."""
-        return "NCHW" if self.family == "joytag" else "NHWC"
+        """'NHWC' (wd-v3: BGR 0..255) or 'NCHW' (JoyTag: RGB, CLIP mean/std): the family record's."""
+        return self.model_family.layout
 
     # --- the steps ------------------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:
@@ -66,7 +66,7 @@ class Tagger:
             from tagloom.tagger.images import ensure_rgba_or_rgb
 
             image = ensure_rgba_or_rgb(image)
-        return self._preprocess(image, self.input_size)
+        return self.model_family.preprocess(image, self.input_size)
 
     def preprocess_file(self, path) -> np.ndarray:
         """An image file -> one model input; bad files raise InputFileError naming the file."""
@@ -134,36 +134,29 @@ class Tagger:
 
 
 def load_tagger(name_or_dir: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto",
-                precision: str = "fp32") -> Tagger:
+                precision: str = "fp32", options=None) -> Tagger:
     """Load a tagger by name, repo id or folder (downloaded on first use). See the module docstring.
 
-    ``precision`` (torch backend only): fp32 (default, matches ONNX), bf16 or fp16 autocast on GPUs.
+    ``precision`` (torch backend only): fp32 (default, matches ONNX), bf16 or fp16 autocast on GPUs
+    (auto: bf16 on GPUs with bf16 hardware). ``options``: a tagloom.tagger.runtime.EngineOptions for
+    the rest (threads, spinning, io_binding, compile, batch_size); ``device`` and ``precision`` are
+    the arguments'.
     """
-    resolved = resolve_model(name_or_dir, backend)
-    labels = read_labels(resolved.path)
-    base = resolved.spec.thresholds if resolved.spec and resolved.spec.thresholds else Thresholds()
-    thresholds = model_thresholds(resolved.path, base)
-    if resolved.backend == "onnx":
-        from tagloom.tagger.backends import OnnxBackend
+    from dataclasses import replace
 
-        runner = OnnxBackend(resolved.path / "model.onnx", device,
-                             output="logits" if resolved.family == "joytag" else "probs")
-    else:
-        from tagloom.tagger.backends import TorchBackend
+    from tagloom.tagger.bundle import open_bundle
+    from tagloom.tagger.runtime import EngineOptions, check_precision, engine_class
 
-        runner = TorchBackend(resolved.path, device, precision)
-    tagger = Tagger(resolved, runner, labels, thresholds)
-    # Catch a label list that does not belong to the weights now, not on the first image.
-    n_out = _output_count(runner)
-    if n_out is not None and n_out != len(labels):
+    bundle = open_bundle(name_or_dir, backend)
+    check_precision(precision)
+    if precision not in engine_class(bundle.backend).precisions:
+        precision = "fp32"  # ONNX graphs run as exported: the argument is for the torch backend
+    options = replace(options or EngineOptions(autocast=True), device=device, precision=precision)
+    runner = bundle.open_engine(options)
+    tagger = Tagger(bundle, runner, bundle.labels, bundle.thresholds)
+    try:
+        bundle.check_outputs(runner)
+    except TagLoomError:
         tagger.unload()
-        raise TagLoomError(f"{resolved.path}: the model has {n_out} outputs but its label list has {len(labels)} tags")
+        raise
     return tagger
-
-
-def _output_count(runner) -> int | None:
-    if runner.name == "onnx":
-        shape = runner.session.get_outputs()[0].shape
-        return shape[-1] if shape and isinstance(shape[-1], int) else None
-    head = getattr(getattr(runner.module, "model", None), "num_classes", None)
-    return int(head) if isinstance(head, int) else None

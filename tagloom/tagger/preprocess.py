@@ -10,7 +10,9 @@ reference drops alpha with ``convert("RGB")`` (transparent pixels keep whatever 
 often black); we composite on white as for wd-v3, which is identical for opaque images and what
 users expect for transparent ones.
 
-tests/test_tagger_preprocess.py checks both against a plain re-statement of the reference steps.
+The steps are data in the family records (tagloom.tagger.families); these functions are their
+old names. tests/test_tagger_preprocess.py checks both against a plain re-statement of the
+reference steps.
 """
 
 from __future__ import annotations
@@ -21,24 +23,21 @@ import numpy as np
 # image path, tagloom.images, which the trainers use too; re-exported here under the old names.
 from tagloom.images import composite_on_white, pad_square_white, square_resized  # noqa: F401
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from tagloom.tagger.families import CLIP_MEAN, CLIP_STD, FAMILIES, JOYTAG, WD_V3  # noqa: F401,E402
 
 
 def wd_preprocess(img, size: int) -> np.ndarray:
-    """wd-v3 input for one image: (size, size, 3) float32, BGR, 0..255."""
-    arr = np.asarray(square_resized(img, size), dtype=np.float32)
-    return np.ascontiguousarray(arr[:, :, ::-1])
+    """wd-v3 input for one image: (size, size, 3) float32, BGR, 0..255 (the family record's steps)."""
+    return WD_V3.preprocess(img, size)
 
 
 def joytag_preprocess(img, size: int) -> np.ndarray:
-    """JoyTag input for one image: (3, size, size) float32, RGB, CLIP-normalised."""
-    arr = np.asarray(square_resized(img, size), dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    """JoyTag input for one image: (3, size, size) float32, RGB, CLIP-normalised (the record's steps)."""
+    return JOYTAG.preprocess(img, size)
 
 
-PREPROCESSORS = {"wd": wd_preprocess, "joytag": joytag_preprocess}
+# Family name -> preprocessing (the records themselves: tagloom.tagger.families).
+PREPROCESSORS = {name: family.preprocess for name, family in FAMILIES.items()}
 
 
 def comfy_image_to_pil(image) -> list:

@@ -23,19 +23,18 @@ from pathlib import Path
 from tagloom import names
 from tagloom import config
 from tagloom.errors import InputFileError, TagLoomError
+# What a folder needs per backend and how a folder's family is told are the family records
+# (tagloom.tagger.families); WD_FILES, JOYTAG_FILES and family_of_dir stay importable here.
+from tagloom.tagger.families import JOYTAG, JOYTAG_FILES, WD_FILES, WD_V3, family_of_dir, get_family  # noqa: F401
 from tagloom.tagger.thresholds import Thresholds
 
 BACKENDS = names.BACKENDS
-
-WD_FILES = {"onnx": ("model.onnx", "selected_tags.csv"),
-            "torch": ("config.json", "model.safetensors", "selected_tags.csv")}
-JOYTAG_FILES = {"onnx": ("model.onnx", "top_tags.txt")}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     repo_id: str
-    family: str  # "wd" (selected_tags.csv, NHWC BGR 0..255, probabilities) | "joytag"
+    family: str  # a key of tagloom.tagger.families.FAMILIES: "wd" | "joytag" | "tagloom"
     files: dict = field(default_factory=dict)  # backend -> required files
     optional: tuple = ("threshold.json",)
     aliases: tuple = ()
@@ -48,7 +47,7 @@ class ModelSpec:
 
 
 def _wd(repo: str, *aliases: str) -> ModelSpec:
-    return ModelSpec(repo, "wd", WD_FILES, aliases=aliases)
+    return ModelSpec(repo, WD_V3.name, WD_V3.files, aliases=aliases)
 
 
 KNOWN_MODELS: tuple[ModelSpec, ...] = (
@@ -59,8 +58,8 @@ KNOWN_MODELS: tuple[ModelSpec, ...] = (
     _wd("SmilingWolf/wd-convnext-tagger-v3", "convnext"),
     # JoyTag's weights live in the fancyfeast/joytag repo on the hub (code: github.com/fpgaminer/joytag).
     # Its own model code is not timm, so only its model.onnx (NCHW, logits) is used. Reference threshold 0.4.
-    ModelSpec("fancyfeast/joytag", "joytag", JOYTAG_FILES, optional=(), aliases=("joytag", "fpgaminer/joytag"),
-              thresholds=Thresholds(general=0.4, caption=0.4, tags=0.4)),
+    ModelSpec("fancyfeast/joytag", JOYTAG.name, JOYTAG.files, optional=(), aliases=("joytag", "fpgaminer/joytag"),
+              thresholds=JOYTAG.thresholds),
 )
 DEFAULT_MODEL = KNOWN_MODELS[0].repo_id
 
@@ -75,13 +74,6 @@ def find_spec(name: str) -> ModelSpec | None:
         if key in (spec.repo_id.lower(), spec.short_name.lower(), *(a.lower() for a in spec.aliases)):
             return spec
     return None
-
-
-def family_of_dir(model_dir: Path) -> str:
-    """wd unless the folder is JoyTag-shaped (top_tags.txt and no selected_tags.csv)."""
-    if (model_dir / "top_tags.txt").is_file() and not (model_dir / "selected_tags.csv").is_file():
-        return "joytag"
-    return "wd"
 
 
 def _onnxruntime_available() -> bool:
@@ -104,16 +96,17 @@ def backend_for_dir(model_dir: Path, backend: str) -> str:
         if not has_onnx:
             raise InputFileError(model_dir / "model.onnx", "missing: the model folder has no ONNX weights (use --backend torch?)")
         return "onnx"
+    family = get_family(family_of_dir(model_dir))
     if backend == "torch":
-        if family_of_dir(model_dir) == "joytag":
-            raise TagLoomError(f"{model_dir}: JoyTag runs on the ONNX backend only (its network is not a timm model)")
+        if "torch" not in family.backends:
+            raise TagLoomError(f"{model_dir}: {family.description} runs on the ONNX backend only")
         if not has_torch:
             missing = "model.safetensors" if not (model_dir / "model.safetensors").is_file() else "config.json"
             raise InputFileError(model_dir / missing, "missing: the torch backend needs config.json and model.safetensors")
         return "torch"
-    if family_of_dir(model_dir) == "joytag":
+    if "torch" not in family.backends:
         if not has_onnx:
-            raise InputFileError(model_dir / "model.onnx", "missing: JoyTag runs from its model.onnx (its network is not a timm model)")
+            raise InputFileError(model_dir / "model.onnx", f"missing: {family.description} runs from its model.onnx")
         return "onnx"
     if has_onnx and (_onnxruntime_available() or not has_torch):
         return "onnx"
@@ -216,12 +209,12 @@ def resolve_model(name_or_dir: str | os.PathLike | None = None, backend: str = "
             return ResolvedModel(local, backend_for_dir(local, backend), family_of_dir(local))
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not name.startswith("."):
         # Any other hub repo id: assumed to be in the wd-v3 layout (e.g. a fine-tune of one).
-        spec = ModelSpec(name, "wd", WD_FILES)
+        spec = ModelSpec(name, WD_V3.name, WD_V3.files)
         target = config.models_dir() / spec.short_name
         if target.is_dir() and backend_usable(target, backend):
             return ResolvedModel(target, backend_for_dir(target, backend), family_of_dir(target), spec)
         download_model(spec, backend, target)
-        return ResolvedModel(target, backend_for_dir(target, backend), "wd", spec)
+        return ResolvedModel(target, backend_for_dir(target, backend), WD_V3.name, spec)
     if path.suffix or os.sep in name or name.startswith("."):
         raise InputFileError(path, "is not a model folder (no such directory)")
     raise TagLoomError(
