@@ -26,7 +26,7 @@ def test_both_trainers_are_trainer_subclasses_with_the_same_hooks():
     assert (TaggerTrainer.kind, LoraTrainer.kind) == ("tagger", "lora")
 
 
-def test_tagger_stops_gracefully_and_refuses_a_resume_with_other_settings(tmp_path):
+def test_tagger_stops_gracefully_and_refuses_a_resume_with_other_settings(tmp_path, capsys):
     from tagloom.errors import CancelledError, TagLoomError
     from tagloom.training.tagger.options import TaggerOptions
     from tagloom.training.tagger.train import TaggerTrainer
@@ -53,4 +53,5 @@ def test_tagger_stops_gracefully_and_refuses_a_resume_with_other_settings(tmp_pa
     with pytest.raises(CancelledError):
         again.train()
     assert again.step == tr.step + 1
+    assert "stopped in epoch 2: --resume starts it again" in capsys.readouterr().out
     assert torch.load(str(last), map_location="cpu", weights_only=True)["step"] == tr.step

@@ -525,10 +525,10 @@ class TaggerTrainer(Trainer):
     def save_state(self) -> None:
         """last.pt after a finished epoch; in the middle of one, the previous epoch's stays (resume
         reruns the epoch from its start, which is what keeps it exact)."""
-        if self._saved_epoch == self.epoch:
-            return
         if self._iter is not None:
             log(f"stopped in epoch {self.epoch + 1}: --resume starts it again from {self.state_path}")
+            return
+        if self._saved_epoch == self.epoch:
             return
         self.write_state({
             "model": self._weights(), "optimizer": self.optimizer.state_dict(),
