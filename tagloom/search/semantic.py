@@ -98,6 +98,14 @@ def index_progress(db_path, embedder: str | None = None) -> dict | None:
             "updated_at": data.get("updated_at") or data.get("built_at")}
 
 
+def _ident(path: Path):
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _running(pid, updated_at) -> bool:
     """Is the build that wrote a STAMP still running? Its process exists (POSIX); elsewhere, it
     wrote within the last ten minutes (it rewrites the STAMP after every stored batch)."""
@@ -158,6 +166,7 @@ class SemanticIndex:
         self.db_path = Path(db_path)
         self.folder = folder
         self.conn = open_index_db(folder)
+        self._db_ident = _ident(folder / "index.sqlite")  # a --rebuild makes a new file: reopen then
         self.info = {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM info")}
         self.spec = embedder_spec or self.info.get("spec")
         self.embedder = get_embedder(self.info.get("spec") if embedder_spec is None else embedder_spec)
@@ -203,7 +212,7 @@ class SemanticIndex:
         except sqlite3.Error:
             return False
         same = all(info.get(k) == self.info.get(k) for k in ("spec", "store", "dim", "collection"))
-        if not same or not (self.folder / "index.sqlite").is_file():
+        if not same or _ident(self.folder / "index.sqlite") != self._db_ident:
             return False
         if self.store != "numpy" and self._built_elsewhere():
             return False

