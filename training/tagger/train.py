@@ -374,7 +374,7 @@ class TaggerTrainer(Trainer):
         if opts.compile:
             self.train_model = torch.compile(self.train_model)
         self.loader_kw = dict(batch_size=opts.batch_size, num_workers=opts.workers, pin_memory=device.type == "cuda",
-                              persistent_workers=False)
+                              persistent_workers=False, worker_init_fn=_ignore_sigterm if opts.workers else None)
         self.val_loader = torch.utils.data.DataLoader(val_ds, shuffle=False,
                                                       sampler=val_shard(len(val_ds), world, rank) if world > 1 else None,
                                                       **self.loader_kw)
@@ -581,6 +581,15 @@ class TaggerTrainer(Trainer):
 
     def done_fields(self) -> dict:
         return {"seconds": time.time() - self._t_start, "val_f1": self.final_metrics.get("macro_f1")}
+
+
+def _ignore_sigterm(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the trainer: the launcher's Cancel signals the whole
+    process group, and a worker killed by it would make the main process fail at once instead of
+    finishing its step and stopping (the workers end with the main process or its iterator)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train_tagger(opts: TaggerOptions, on_epoch: Callable[[int, dict], None] | None = None) -> Path:
