@@ -63,7 +63,7 @@ class TrainingRun:
         self._queue.put(None)
 
     def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM (the LoRA trainer saves its state on it), then kill after ``grace`` seconds."""
+        """SIGTERM (a trainer finishes its step and saves its state on it), then kill after ``grace`` seconds."""
         if self.proc.poll() is not None:
             return
         try:
