@@ -50,6 +50,17 @@ def _build(args) -> int:
         result = build_index(args.db, args.embedder, batch_size=args.batch_size, device=args.device,
                              limit=args.limit, rebuild=args.rebuild, progress=progress,
                              colbert=not args.no_colbert)
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+            bar = None
+        from tagloom.search.semantic import index_progress
+
+        prog = index_progress(args.db, args.embedder)
+        if prog:
+            print(f"stopped: {prog['embedded']:,} of {prog['total']:,} tags embedded and searchable; "
+                  "run `tagloom index build` again to resume", file=sys.stderr)
+        raise
     finally:
         if bar:
             bar.close()
