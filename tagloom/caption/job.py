@@ -1,6 +1,6 @@
 """A caption job: a folder of images -> a caption per image, as fast as the machine allows.
 
-The local pipeline overlaps its three stages:
+The local pipeline overlaps its three stages (tagloom.caption.stages, which knows nothing of models):
 
     decode (pool: all cores on CPU, nvjpeg on CUDA) -> batches -> engine -> interpret + write
     [reader thread + decode pool]                   [main thread]  [writer thread]
@@ -14,7 +14,6 @@ step, writing a batch) is in tagloom.caption.plan.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from tagloom import names
 from tagloom.progress import Progress  # the core protocol; the old name stays importable here
 from tagloom.caption.files import duplicate_stems, list_images, relative_name
 from tagloom.caption.model import ModelChoice
+from tagloom.caption.stages import run_stages
 # The plan and the predict step are shared with the Ray engine; they are re-exported here under
 # their old names (tests and callers import them from this module).
 from tagloom.caption.plan import (  # noqa: F401
@@ -161,9 +161,6 @@ def run_caption(job: CaptionJob, progress: Progress | None = None) -> Summary:
 
 # --- the local pipeline -------------------------------------------------------------------------
 
-_END = object()
-
-
 def _cpu_batches(decoder, paths, batch_size):
     pixels, ok, failed = [], [], []
     for item in decoder.map(paths):
@@ -182,32 +179,6 @@ def _cpu_batches(decoder, paths, batch_size):
 def _gpu_batches(decoder, paths, batch_size):
     for i in range(0, len(paths), batch_size):
         yield decoder.decode_batch(paths[i : i + batch_size])
-
-
-class _Stage(threading.Thread):
-    """Runs a generator (or a consumer) in a thread, passing items through a bounded queue."""
-
-    def __init__(self, name, target):
-        super().__init__(name=name, daemon=True)
-        self._target_fn = target
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-
-    def run(self):
-        try:
-            self._target_fn(self)
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            self.error = e
-
-
-def _put(q: queue.Queue, item, stage: _Stage) -> bool:
-    while not stage.stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
 
 
 def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progress: Progress) -> None:
@@ -252,97 +223,30 @@ def run_local(job: CaptionJob, todo: list[Path], sink, summary: Summary, progres
         engine.close()
         raise
 
-    decoded: queue.Queue = queue.Queue(maxsize=2)
-    results: queue.Queue = queue.Queue(maxsize=4)
     lock = threading.Lock()
-    counts = {"finished": 0}
 
-    def fail(path, reason):
-        with lock:
-            summary.failed.append((relative_name(Path(path), root), reason))
-            counts["finished"] += 1
-
-    def read(stage):
+    def read():
         with decoder:
-            for item in batches():
-                if not _put(decoded, item, stage):
-                    return
-        _put(decoded, _END, stage)
+            yield from batches()
 
-    def write(stage):
-        while True:
-            try:
-                item = results.get(timeout=0.1)
-            except queue.Empty:
-                if stage.stop.is_set():  # cancelled: what was queued is written, then stop
-                    return
-                continue
-            if item is _END:
-                return
-            paths, probs, failed = item
-            for path, reason in failed:
-                fail(path, reason)
-            done, problems = write_captions(model, sink, root, paths, probs)
-            for path, reason in problems:
-                fail(path, reason)
-            with lock:
-                summary.done += done
-                counts["finished"] += done
+    def compute(item):
+        pixels, paths, failed = item
+        probs = _predict(engine, pixels, paths, failed) if paths else None
+        if isinstance(probs, np.ndarray) and probs.shape[-1] != len(model.labels):
+            raise TagLoomError(f"{model.path}: the model gives {probs.shape[-1]} scores per image but its "
+                               f"label list has {len(model.labels)} tags (a selected_tags.csv from another model?)")
+        return paths, probs, failed
 
-    reader = _Stage("tagloom-caption-read", read)
-    writer = _Stage("tagloom-caption-write", write)
-    progress.start(len(todo))
-    reported = 0
-
-    def report():
-        nonlocal reported
+    def write(item) -> int:
+        paths, probs, failed = item
+        done, problems = write_captions(model, sink, root, paths, probs)
         with lock:
-            now = counts["finished"]
-        if now > reported:
-            progress.advance(now - reported)  # may raise: the user cancelled
-            reported = now
+            for path, reason in failed + problems:
+                summary.failed.append((relative_name(Path(path), root), reason))
+            summary.done += done
+        return done + len(failed) + len(problems)
 
-    reader.start()
-    writer.start()
     try:
-        while True:
-            try:
-                item = decoded.get(timeout=0.5)
-            except queue.Empty:
-                if reader.error:
-                    raise reader.error
-                if writer.error:
-                    raise writer.error
-                report()
-                continue
-            if item is _END:
-                break
-            pixels, paths, failed = item
-            progress.check()
-            probs = _predict(engine, pixels, paths, failed) if paths else None
-            if isinstance(probs, np.ndarray) and probs.shape[-1] != len(model.labels):
-                raise TagLoomError(f"{model.path}: the model gives {probs.shape[-1]} scores per image but its "
-                                   f"label list has {len(model.labels)} tags (a selected_tags.csv from another model?)")
-            while not _put(results, (paths, probs, failed), writer):
-                pass
-            if writer.error:
-                raise writer.error
-            report()
-        if reader.error:
-            raise reader.error
-        results.put(_END)
-        writer.join()
-        if writer.error:
-            raise writer.error
-        report()
+        run_stages(read, compute, write, progress, len(todo), name="tagloom-caption")
     finally:
-        reader.stop.set()
-        writer.stop.set()  # the writer finishes the batches already computed, then stops
-        # Let the reader see the stop flag, then wait for it so no decode thread outlives the job.
-        while reader.is_alive():
-            try:
-                decoded.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        writer.join(timeout=30)
         engine.close()
