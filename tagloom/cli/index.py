@@ -88,7 +88,10 @@ def _status(args) -> int:
     # Counted, not read from the STAMP (rewritten at most once a second): exact also after a kill.
     embedded = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
     conn.close()
-    total = prog["total"]
+    from tagloom.tags.db import TagDB
+
+    with TagDB(args.db) as db:  # the database now: tags imported since the build count too
+        total = db.count() or prog["total"]
     info.update(folder=str(folder), embedded=embedded, total=total, building=prog["building"], updated_at=prog["updated_at"])
     if args.json:
         print(json.dumps(info, indent=2))
@@ -102,14 +105,16 @@ def _status(args) -> int:
     return 0
 
 
-def building_hint(db_path, embedder=None) -> str | None:
-    """A line for `tagloom suggest` when the semantic index does not cover every tag yet."""
+def building_hint(db_path, embedder=None, total: int | None = None) -> str | None:
+    """A line for `tagloom suggest` when the semantic index does not cover every tag yet
+    (``total``: the tags in the database now; default: as many as when the build ran)."""
     from tagloom.search.semantic import index_progress
 
     prog = index_progress(db_path, embedder)
-    if prog is None or prog["embedded"] >= prog["total"]:
+    total = total or (prog or {}).get("total")
+    if prog is None or prog["embedded"] >= total:
         return None
-    n, m = f"{prog['embedded']:,}", f"{prog['total']:,}"
+    n, m = f"{prog['embedded']:,}", f"{total:,}"
     if prog["building"]:
         return f"semantic index still building ({n} of {m} tags embedded, most popular first)"
     return f"semantic index covers {n} of {m} tags (the most popular): `tagloom index build` embeds the rest"
@@ -129,7 +134,7 @@ def _suggest(args) -> int:
     # The command line waits for the embedding model (typing in a UI does not: search_model_wait).
     results = suggest(args.query, limit=args.limit, semantic=mode, db_path=args.db, embedder=args.embedder,
                       wait_for_model=True)
-    hint = building_hint(engine.db_path, args.embedder) if mode is not False else None
+    hint = building_hint(engine.db_path, args.embedder, engine.tag_count) if mode is not False else None
     if args.json:
         keys = ("tag", "category", "post_count", "alias", "reason", "score")
         print(json.dumps([{k: r[k] for k in keys} | {"translations": r["translations"]} for r in results], ensure_ascii=False))

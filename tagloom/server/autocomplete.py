@@ -113,9 +113,14 @@ def _index_progress(db_path) -> dict | None:
         from tagloom.search.semantic import index_progress
 
         p = index_progress(db_path)
+        if p is None:
+            return None
+        from tagloom.search.engine import get_engine
+
+        total = get_engine(db_path).tag_count or p["total"]  # the database now (tags imported since count)
     except Exception:  # only a hint: never let it turn an answer into an error
         return None
-    return None if p is None else {"embedded": p["embedded"], "total": p["total"], "building": p["building"]}
+    return {"embedded": p["embedded"], "total": total, "building": p["building"]}
 
 
 def _database_empty(db_path) -> bool:
