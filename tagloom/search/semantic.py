@@ -257,8 +257,8 @@ class SemanticIndex:
         out: dict[str, list[int]] = {}
         # The store clamps n_results to what it holds: a build still running grows it batch by batch.
         n = k
-        if self.store != "numpy" and self.collection.count() == 0:
-            return out
+        if self.store != "numpy" and self.count == 0 and self.collection.count() == 0:
+            return out  # a first build that has stored nothing yet (chromadb's count: only until one ended)
         res = self.collection.query(query_embeddings=[enc.dense[0].tolist()], n_results=n, include=["distances"])
         out["dense"] = [int(i) for i in res["ids"][0]]
         with self._lock:
