@@ -140,3 +140,15 @@ def test_shared_tag_list_imports(tmp_path, shared_data):
     assert z["format"] == "translations" and z["translations_added"] > 600
     assert "双马尾" in db.get("twintails")["translations"]["zh"]
     assert db.get("/lh")["name"] == "long_hair"
+
+
+def test_translation_for_an_alias_goes_to_its_tag(tmp_path):
+    """Translation lists use old names (chinadress): the translation lands on the tag the alias
+    names, and no stub tag is made for it."""
+    db = TagDB(tmp_path / "t.sqlite")
+    db.upsert_tags([{"name": "china_dress", "category": 0, "post_count": 30000}])
+    db.add_aliases([("chinadress", "china_dress")])
+    db.add_translations([("chinadress", "zh", "旗袍"), ("not_in_the_list", "zh", "某物")])
+    assert db.get("china_dress")["translations"] == {"zh": ["旗袍"]}
+    names = {r[0] for r in db.conn.execute("SELECT name FROM tags")}
+    assert names == {"china_dress", "not_in_the_list"}  # no stub 'chinadress'; unknown names wait for a tag list

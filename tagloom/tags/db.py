@@ -205,7 +205,9 @@ class TagDB:
         return n
 
     def add_translations(self, rows: Iterable[tuple[str, str, str]]) -> int:
-        """(tag, lang, text) triples; tags that do not exist are created with no category."""
+        """(tag, lang, text) triples. A name that is an alias of a tag (translation lists often use
+        old names: ``chinadress``) goes to that tag; other unknown names are created with no
+        category (a tag list imported later fills them in)."""
         now = time.time()
         n = 0
         with self._lock, self.conn:
@@ -213,7 +215,7 @@ class TagDB:
                 text = text.strip()
                 if not text:
                     continue
-                tag_id = self._ensure(canonical(tag), now)
+                tag_id = self._tag_or_alias(canonical(tag)) or self._ensure(canonical(tag), now)
                 cur = self.conn.execute(
                     "INSERT OR IGNORE INTO translations(tag_id, lang, text) VALUES (?, ?, ?)", (tag_id, lang, text)
                 )
@@ -248,6 +250,12 @@ class TagDB:
                    category_prompt_version=?, category_updated_at=?, changed_at=? WHERE name=?""",
                 (main_category, sub_category, confidence, source, prompt_version, now, now, canonical(name)),
             )
+
+    def _tag_or_alias(self, name: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM tags WHERE name=?", (name,)).fetchone()
+        if row is None:
+            row = self.conn.execute("SELECT tag_id FROM aliases WHERE alias=?", (name,)).fetchone()
+        return row[0] if row else None
 
     def _ensure(self, name: str, now: float) -> int:
         row = self.conn.execute("SELECT id FROM tags WHERE name=?", (name,)).fetchone()
