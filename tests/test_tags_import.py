@@ -148,6 +148,7 @@ def test_translation_for_an_alias_goes_to_its_tag(tmp_path):
     db = TagDB(tmp_path / "t.sqlite")
     db.upsert_tags([{"name": "china_dress", "category": 0, "post_count": 30000}])
     db.add_aliases([("chinadress", "china_dress")])
+    db.add_missing_tags([{"name": "chinadress", "category": 0}])  # the legacy format's stub, first
     db.add_translations([("chinadress", "zh", "旗袍"), ("not_in_the_list", "zh", "某物")])
     assert db.get("china_dress")["translations"] == {"zh": ["旗袍"]}
     names = {r[0] for r in db.conn.execute("SELECT name FROM tags")}

@@ -177,11 +177,14 @@ class TagDB:
 
     def add_missing_tags(self, rows: Iterable[dict]) -> int:
         """Create tags (``name``, optional ``category``/``post_count``) that do not exist yet; existing
-        tags are left alone (a translation file's idea of a category never overrides the list's)."""
+        tags are left alone (a translation file's idea of a category never overrides the list's), and
+        so are names that are an alias of a tag (their translations go to that tag)."""
         now = time.time()
         n = 0
         with self._lock, self.conn:
             for row in rows:
+                if self._tag_or_alias(canonical(row["name"])) is not None:
+                    continue
                 cur = self.conn.execute(
                     "INSERT OR IGNORE INTO tags(name, category, post_count, changed_at) VALUES (?, ?, COALESCE(?, 0), ?)",
                     (canonical(row["name"]), row.get("category"), row.get("post_count"), now),
