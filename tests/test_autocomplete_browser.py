@@ -613,6 +613,13 @@ def test_bracket_rules_are_pure_functions(page, site):
     assert more["groups"] == ["((", "[", "", "", "", "(", ""]
     assert more["escape"] == ["\\:d", ":d", "a\\|b", "\\:d"]
     assert more["colon"] == "[cat ears:\\:d"  # a `:` in a tag would split [from:to:when]
+    notes = page.evaluate("""() => { const m = window.tlCore; return [
+        m.indexNote(null), m.indexNote({embedded: 5, total: 5, building: false}),
+        m.indexNote({embedded: 12000, total: 140815, building: true}),
+        m.indexNote({embedded: 10000, total: 140815, building: false})]; }""")
+    assert notes[:2] == [None, None]  # no index, or a complete one: no footer
+    assert notes[2] == "search by meaning: 12,000 of 140,815 tags indexed so far (building)"
+    assert notes[3].startswith("search by meaning covers 10,000 of 140,815 tags")
 
 
 @pytest.mark.parametrize("host", ["comfy_classic", "comfy_vue", "webui"])

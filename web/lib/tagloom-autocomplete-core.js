@@ -196,6 +196,17 @@ export function planCompletion(text, token, inserted) {
 }
 
 /** 6008644 -> "6.0M", 15300 -> "15k". */
+/** The popup's footer while the semantic index does not cover every tag yet (the route's
+ * ``index: {embedded, total, building}``), or null. */
+export function indexNote(index) {
+  if (!index || !(index.total > 0) || !(index.embedded < index.total)) return null;
+  const n = Number(index.embedded).toLocaleString("en-US");
+  const m = Number(index.total).toLocaleString("en-US");
+  return index.building
+    ? `search by meaning: ${n} of ${m} tags indexed so far (building)`
+    : `search by meaning covers ${n} of ${m} tags: \`tagloom index build\` adds the rest`;
+}
+
 export function formatCount(n) {
   n = Number(n) || 0;
   if (n >= 1e6) return (n / 1e6).toFixed(n >= 1e7 ? 0 : 1) + "M";
@@ -398,7 +409,7 @@ export class TagAutocomplete {
     if (!now || now.query !== token.query || now.start !== token.start) return this.hide();
     if (this.otherWins(this.settings())) return this.hide();
     this.tail = tail;
-    this.show(ta, withTail(now, tail), answer.suggestions.slice(0, s.maxResults), answer.warning, s, now);
+    this.show(ta, withTail(now, tail), answer.suggestions.slice(0, s.maxResults), answer.warning, s, now, answer.index);
   }
 
   ensurePopup() {
@@ -448,7 +459,7 @@ export class TagAutocomplete {
     return popup;
   }
 
-  show(ta, token, suggestions, warning, s, word = token) {
+  show(ta, token, suggestions, warning, s, word = token, index = null) {
     const note = warning && !this.warned.has(warning) ? warning : null;
     if (!suggestions.length && !note) return this.hide();
     if (note) this.warned.add(warning);
@@ -501,10 +512,11 @@ export class TagAutocomplete {
       row.append(count);
       popup.append(row);
     });
-    if (note) {
+    for (const [text, cls] of [[note, "tagloom-ac-note"], [indexNote(index), "tagloom-ac-note tagloom-ac-progress"]]) {
+      if (!text) continue;
       const div = doc.createElement("div");
-      div.className = "tagloom-ac-note";
-      div.textContent = note;
+      div.className = cls;
+      div.textContent = text;
       popup.append(div);
     }
     popup.hidden = false;
