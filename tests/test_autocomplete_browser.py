@@ -422,6 +422,19 @@ def test_semantic_suggestions_by_meaning(page, site, semantic_home):
     assert _items(page, "twintails")[0].startswith("twintails")
 
 
+@pytest.mark.slow
+def test_sentence_prompt_keeps_its_first_words_with_a_semantic_index(page, site, semantic_home):
+    """With an index the whole phrase always gets (semantic) rows, so the popup's own last-words
+    fallback never runs; the server completes the last words and says which (``span``): Tab keeps
+    "a smiling girl with"."""
+    ta = _core(page, site)
+    page.keyboard.type("a smiling girl with long ha", delay=20)
+    page.wait_for_selector(f"{ITEM}[data-category]", timeout=30000)  # first query loads the embedder
+    assert _items(page, "long hair")[0].startswith("long hair")
+    page.keyboard.press("Tab")
+    assert ta.input_value() == "a smiling girl with long hair, "
+
+
 # ---- issue 12 item 6: popup behaviour ------------------------------------------------------------
 
 # (typed word, first row expected for it): 30 words, each typed after the previous tag was accepted

@@ -219,3 +219,18 @@ def test_typing_never_waits_long_for_the_model(built, monkeypatch):
     assert opened == ["tagloom-semantic-load"]  # one load, on its own thread
     assert engine_mod.get_engine(path).semantic_index() is not None
     clear_cache()
+
+
+def test_a_phrase_with_no_literal_match_is_completed_from_its_last_words(built):
+    """The popup's last-words fallback never ran when semantic rows came for the whole phrase, so
+    "a girl with long ha" lost long_hair. The engine now completes the tail literally too; those rows
+    carry the words they replace (``span``) so the popup keeps "a girl with"."""
+    path, _ = built
+    r = suggest("a girl with long ha", limit=5, db_path=path)
+    first = r[0]
+    assert (first["tag"], first["reason"], first.get("span")) == ("long_hair", "prefix", "long ha"), r
+    assert all("span" not in x for x in r if x["reason"] == "semantic")
+    # a phrase that matches literally as a whole is left alone
+    assert all("span" not in x for x in suggest("long h", limit=5, db_path=path))
+    # classic only: the popup does the fallback itself (an empty answer), as before
+    assert suggest("a girl with long ha", semantic=False, db_path=path) == []

@@ -19,6 +19,7 @@ import gc
 import logging
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -256,13 +257,7 @@ class Engine:
         st = self.state
         # With semantic on, look further down the literal list: a tag that matches literally must be
         # labelled (and ranked) as such even when it is not among the first `limit`.
-        hits = st.classic.search(query, limit=limit if semantic is False else limit * 3)
-        classic: list[tuple[int, str, str | None]] = []
-        for h in hits:
-            reason = "fuzzy" if h.fuzzy else KIND_REASON[h.kind]
-            if h.exact:
-                reason = {NAME: "exact", ALIAS: "alias", TRANSLATION: "translation"}[h.kind]
-            classic.append((h.tag, reason, h.key if h.kind in (ALIAS, TRANSLATION) else None))
+        classic = _classic(st, query, limit if semantic is False else limit * 3)
 
         sem = None
         q = query.strip()
@@ -288,6 +283,18 @@ class Engine:
             n = len(classic)
             return [st.result(t, r, a, (n - i) / n + st.pop(t) * 0.01) for i, (t, r, a) in enumerate(classic)]
 
+        span = None
+        if not classic:
+            # The popup's last-words fallback (currentToken in web/lib/tagloom-autocomplete-core.js):
+            # a phrase that matches nothing literally ("girl with fox ears") is completed from its
+            # last words ("fox ears"). The popup tries them only when the whole phrase gets no rows,
+            # and semantic rows always come, so it is done here too; those rows name the words they
+            # replace (``span``), so accepting one keeps the words before it.
+            for tail in _tails(query):
+                classic = _classic(st, tail, limit * 3)
+                if classic:
+                    span = tail
+                    break
         scores: dict[int, float] = {}
         reason_of: dict[int, tuple[str, str | None]] = {}
         for rank, (t, reason, alias) in enumerate(classic):
@@ -326,7 +333,30 @@ class Engine:
             best.remove(weakest)
             best.append(r)
         best.sort(key=lambda r: -scores[r])
-        return [st.result(r, reason_of[r][0], reason_of[r][1], scores[r]) for r in best]
+        out = [st.result(r, reason_of[r][0], reason_of[r][1], scores[r]) for r in best]
+        if span:
+            for res in out:
+                if res["reason"] != "semantic":
+                    res["span"] = span
+        return out
+
+
+def _classic(st: "_Tags", query: str, limit: int) -> list[tuple[int, str, str | None]]:
+    """Literal completions as (row, reason, the alias or translation that matched)."""
+    out = []
+    for h in st.classic.search(query, limit=limit):
+        reason = "fuzzy" if h.fuzzy else KIND_REASON[h.kind]
+        if h.exact:
+            reason = {NAME: "exact", ALIAS: "alias", TRANSLATION: "translation"}[h.kind]
+        out.append((h.tag, reason, h.key if h.kind in (ALIAS, TRANSLATION) else None))
+    return out
+
+
+def _tails(query: str) -> list[str]:
+    """The last three word-starts of a phrase, longest first: "a girl with long ha" -> "with long
+    ha", "long ha", "ha" (the same tails as the popup's)."""
+    starts = [m.end() for m in re.finditer(r"\s+", query) if m.end() < len(query)]
+    return [query[i:] for i in starts][-3:]
 
 
 def _refreshed(index) -> bool:

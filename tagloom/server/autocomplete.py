@@ -75,7 +75,10 @@ def parse_params(params: Mapping[str, Any]) -> tuple[str, int, bool | None]:
 
 
 def _slim(result: Mapping[str, Any]) -> dict:
-    return {k: result.get(k) for k in FIELDS}
+    out = {k: result.get(k) for k in FIELDS}
+    if result.get("span"):  # the last words of the phrase this row completes (engine.suggest)
+        out["span"] = result["span"]
+    return out
 
 
 def autocomplete(q: str, limit: int = DEFAULT_LIMIT, semantic: bool | None = None, db_path=None) -> dict:

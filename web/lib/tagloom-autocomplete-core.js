@@ -607,7 +607,9 @@ export class TagAutocomplete {
     const s = this.settings();
     // the text may have changed since the popup opened: recompute the word at the caret
     const now = currentToken(ta.value, ta.selectionStart);
-    const token = now ? withTail(now, this.tail) : this.token;
+    // a row that completes only the last words of the phrase (the server's `span`) replaces just those
+    const spanned = sug.span && now ? now.tails.findIndex((t) => t.query === sug.span) : -1;
+    const token = now ? withTail(now, spanned >= 0 ? spanned : this.tail) : this.token;
     const plan = planCompletion(ta.value, token, formatTag(sug.tag, s));
     this.hide();
     replaceText(ta, plan, () => {
