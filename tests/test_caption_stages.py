@@ -70,9 +70,14 @@ def test_an_error_in_any_stage_ends_the_run_on_the_calling_thread(where):
             raise RuntimeError("cannot write")
         return 1
 
+    name = f"stages-error-{where}"
     with pytest.raises((OSError, RuntimeError)):
-        run_stages(read, compute, write, Recorder(), total=10)
-    assert not [t for t in threading.enumerate() if t.name.startswith("tagloom-")]
+        run_stages(read, compute, write, Recorder(), total=10, name=name)
+    # the reader has ended; the writer ends within its queue timeout
+    deadline = time.monotonic() + 5
+    while [t for t in threading.enumerate() if t.name.startswith(name)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name.startswith(name)]
 
 
 def test_cancel_stops_reading_and_still_writes_what_was_computed():
