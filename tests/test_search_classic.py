@@ -169,3 +169,21 @@ def test_empty_database(tmp_path):
     path = tmp_path / "empty.sqlite"
     assert suggest("long", db_path=path) == [] and get_engine(path).tag_count == 0
     clear_cache()
+
+
+def test_typo_rows_only_where_nothing_matches_as_typed(tmp_path):
+    """One-typo matches fill in for a word that matches nothing ("blonde hiar"); beside real
+    completions they were filler ("long ha" -> pants, from its alias long_pants)."""
+    clear_cache()
+    path = tmp_path / "tags.sqlite"
+    with TagDB(path) as db:
+        db.upsert_tags([{"name": n, "category": 0, "post_count": p} for n, p in
+                        (("long_hair", 4350743), ("pants", 419000), ("blonde_hair", 1500000), ("flower", 800000),
+                         ("fai_d._flowright", 300))])
+        db.add_aliases([("long_pants", "pants")])
+    got = suggest("long ha", limit=10, semantic=False, db_path=path)
+    assert [r["tag"] for r in got] == ["long_hair"]
+    assert [(r["tag"], r["reason"]) for r in suggest("blonde hiar", semantic=False, db_path=path)][:1] == [("blonde_hair", "fuzzy")]
+    # a match inside another name's later word is no real completion: the typo row stays
+    assert "flower" in [r["tag"] for r in suggest("flowr", semantic=False, db_path=path)]
+    clear_cache()

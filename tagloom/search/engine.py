@@ -349,6 +349,11 @@ def _classic(st: "_Tags", query: str, limit: int) -> list[tuple[int, str, str | 
         if h.exact:
             reason = {NAME: "exact", ALIAS: "alias", TRANSLATION: "translation"}[h.kind]
         out.append((h.tag, reason, h.key if h.kind in (ALIAS, TRANSLATION) else None))
+    # One-typo matches are for words that match nothing as typed ("blonde hiar"); beside real
+    # completions they are filler ("long ha" -> pants, from long_pants): fewer rows beat wrong rows.
+    # A word inside another name ("flowr" -> fai_d._flowright) is no real completion.
+    if any(reason in ("exact", "prefix", "alias", "translation") for _, reason, _ in out):
+        out = [row for row in out if row[1] != "fuzzy"]
     return out
 
 
