@@ -137,7 +137,7 @@ class TagLoomInterrogate:
         images = comfy_image_to_pil(image)
         progress = _comfy.ComfyProgress()
         progress.start(len(images))
-        results = model.tag_images(images, thresholds, options, batch_size=8, progress=progress.callback())
+        results = model.tag_images(images, thresholds, options, progress=progress.callback())  # device's best batch
         captions = [r.caption for r in results]
         tags = [r.tags for r in results]
         scores = [json.dumps({k: v for k, v in r.to_json().items() if k != "file"}, ensure_ascii=False) for r in results]

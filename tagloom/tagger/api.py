@@ -50,6 +50,14 @@ class Tagger:
         return self.runner.device
 
     @property
+    def batch_size(self) -> int:
+        """Images per model call that run fastest here: 1 on the CPU, where a batch brings no more
+        parallelism than the threads inside one call and larger activations cost cache (ViT-B/16
+        448 on ONNX Runtime, 2 cores: 1.04 img/s one at a time, 0.88 in batches of 8; docs/
+        benchmarks.md), 8 on a GPU."""
+        return 1 if self.device == "cpu" else 8
+
+    @property
     def provider(self) -> str:
         """ONNX Runtime's execution provider in use, or 'torch:<device>'."""
         return self.runner.provider
@@ -97,19 +105,21 @@ class Tagger:
         images: Iterable,
         thresholds: Thresholds | None = None,
         options: FormatOptions | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[TagResult]:
         """PIL images and/or file paths -> one TagResult each, in order.
 
-        ``progress(done, total)`` is called after every batch; it may raise to cancel (ComfyUI's
-        ProgressBar does). A bad file raises InputFileError naming it.
+        ``batch_size``: images per model call (default :attr:`batch_size`, what runs fastest on the
+        device). ``progress(done, total)`` is called after every batch; it may raise to cancel
+        (ComfyUI's ProgressBar does). A bad file raises InputFileError naming it.
         """
         items = list(images)
         total = len(items)
+        step = max(1, int(batch_size or self.batch_size))  # None: what runs fastest on this device
         results: list[TagResult] = []
-        for start in range(0, total, max(1, int(batch_size))):
-            chunk = items[start : start + max(1, int(batch_size))]
+        for start in range(0, total, step):
+            chunk = items[start : start + step]
             arrays, files = [], []
             for item in chunk:
                 if isinstance(item, (str, os.PathLike)):
