@@ -1,6 +1,7 @@
 """Type queries into a prompt box of the REAL ComfyUI page (the harness of ../shared/tools, not run
 by the test suite) and check that TagLoom's popup shows rows for exactly each query, in the classic
-renderer and, with --vue, in the Vue "Nodes 2.0" renderer.
+renderer and, with --vue, in the Vue "Nodes 2.0" renderer; with --webui, in the real A1111 WebUI's
+txt2img prompt (webui_harness.py, --url http://127.0.0.1:7861/).
 
     export HARNESS_DIR=... COMFY_MIRROR=...; python3 ../shared/tools/comfy_harness.py start .:ComfyUI-TagLoom
     $HARNESS_DIR/venv/bin/python tests/harness_popup_check.py [--vue] [--shot popup.png]
@@ -25,6 +26,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8199/")
     ap.add_argument("--vue", action="store_true", help="switch on the Vue node renderer first")
+    ap.add_argument("--webui", action="store_true", help="the page is the A1111 WebUI (txt2img prompt)")
     ap.add_argument("--shot", help="screenshot of the last popup")
     ap.add_argument("--wait", type=float, default=8.0, help="seconds a popup may take")
     args = ap.parse_args()
@@ -38,6 +40,8 @@ def main() -> int:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         ready = "() => { const g = window.app && window.app.graph; return !!g && (g._nodes || g.nodes || []).length > 0; }"
         page.goto(args.url, wait_until="domcontentloaded")
+        if args.webui:
+            ready = "() => !!document.querySelector('#txt2img_prompt textarea')"
         try:
             page.wait_for_function(ready, timeout=45000, polling=500)
         except Exception:  # the first page load after a start can miss the graph: load it again
@@ -49,11 +53,13 @@ def main() -> int:
         if args.vue:
             page.evaluate("() => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
             time.sleep(3)
+        if args.webui:
+            page.wait_for_timeout(3000)  # the WebUI loads its scripts after the UI
         page.locator("textarea").first.wait_for(state="visible", timeout=30000)
         # the top-most visible prompt box (the default workflow's positive prompt)
         spots = [(b["y"], b["x"], i) for i, t in enumerate(page.locator("textarea").all())
                  if t.is_visible() and (b := t.bounding_box())]
-        box = page.locator("textarea").nth(min(spots)[2])
+        box = page.locator("#txt2img_prompt textarea") if args.webui else page.locator("textarea").nth(min(spots)[2])
         for q in QUERIES:
             box.click()
             box.fill("masterpiece, ")
