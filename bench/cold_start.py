@@ -86,15 +86,9 @@ def run(args, tmp: Path) -> int:
             print(f"shared data not found at {SHARED}: nothing to benchmark")
             return 1
         os.environ["TAGLOOM_HOME"] = str(tmp)
-        sys.path.insert(0, str(REPO))
-        from tagloom.tags import TagDB
-        from tagloom.tags.importers import import_file
+        from shared_list import import_shared_list
 
-        db = tmp / "tags.sqlite"
-        with TagDB(db) as tdb:
-            import_file(tdb, SHARED / "danbooru.csv")
-            if (SHARED / "tags-zh-translations.csv").is_file():
-                import_file(tdb, SHARED / "tags-zh-translations.csv")
+        db = import_shared_list(tmp / "tags.sqlite")
 
     load_before = os.getloadavg()
     runs: dict[str, list[float]] = {}

@@ -82,16 +82,9 @@ for v in variants:
 
 
 def prepare_db(tmp: Path) -> Path:
-    sys.path.insert(0, str(REPO))
-    from tagloom.tags import TagDB
-    from tagloom.tags.importers import import_file
+    from shared_list import import_shared_list
 
-    db = tmp / "tags.sqlite"
-    with TagDB(db) as tdb:
-        import_file(tdb, SHARED / "danbooru.csv")
-        if (SHARED / "tags-zh-translations.csv").is_file():
-            import_file(tdb, SHARED / "tags-zh-translations.csv")
-    return db
+    return import_shared_list(tmp / "tags.sqlite")
 
 
 def throughput(db: Path, args) -> list[dict]:
