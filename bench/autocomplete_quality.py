@@ -255,26 +255,77 @@ def fused_run(db_path: Path, embedder: str | None, k: int = 10) -> Callable[[str
 
 
 def semantic_run(db_path: Path, index, k: int = 10) -> Callable[[str], list[str]]:
-    """The semantic index alone: its channels fused by reciprocal rank with the engine's weights."""
-    from tagloom.search import engine as eng
+    """The semantic index alone, ranked as the engine ranks meaning rows (``ranking.semantic_scores``:
+    cosine + popularity and category priors + BGE-M3's other channels), no threshold, no literal rows."""
+    from tagloom.search import ranking
+    from tagloom.search.engine import get_engine
 
-    weights = {"dense": getattr(eng, "W_DENSE", 1.0), "sparse": getattr(eng, "W_SPARSE", 0.5),
-               "colbert": getattr(eng, "W_COLBERT", 0.7)}
-    rrf_k = getattr(eng, "RRF_K", 10.0)
-    conn = sqlite3.connect(str(db_path))
-    name_of = dict(conn.execute("SELECT id, name FROM tags"))
-    conn.close()
+    st = get_engine(db_path).state
 
     def run(q: str) -> list[str]:
-        found = index.search(q, k=max(50, k * 5))
-        scores: dict[int, float] = {}
-        for channel, ids in found.items():
-            for rank, tag_id in enumerate(ids):
-                scores[int(tag_id)] = scores.get(int(tag_id), 0.0) + weights.get(channel, 1.0) * rrf_k / (rrf_k + rank)
-        ranked = sorted(scores, key=lambda t: -scores[t])
-        return [name_of[t] for t in ranked if t in name_of][:k]
+        found = index.search(q, k=max(ranking.DENSE_CANDIDATES, k * 5))
+        scores = ranking.semantic_scores(found, st.row_of, st.pop, st.category.__getitem__)
+        return [st.names[r] for r in sorted(scores, key=lambda r: -scores[r])[:k]]
 
     return run
+
+
+CALIBRATION_GRID = (0.86, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93, 0.94, 0.96)
+LITERAL_KINDS = ("prefix", "alias", "space", "typo")
+
+
+def calibrate(queries: Sequence[Query], db_path: Path, embedder: str | None, k: int = 10,
+              grid: Sequence[float] = CALIBRATION_GRID) -> dict:
+    """The fused list at each semantic-score threshold (the setting search_semantic_threshold, set
+    in this process): recall per kind, classic answers lost, and how many meaning rows a literal
+    query (prefix, alias, space, typo) gets — rows nobody asked for. The chosen threshold is the
+    highest one, losing no classic answer, whose overall recall is within one query of the best of
+    the grid: a query more or less is within the set's noise, fewer rows nobody asked for are not."""
+    from tagloom.search import suggest
+
+    rows = []
+    classic = [popup_ranking(q, classic_run(db_path, k))[:k] for q in queries]
+    old = os.environ.get("TAGLOOM_SEARCH_SEMANTIC_THRESHOLD")
+    try:
+        for t in grid:
+            os.environ["TAGLOOM_SEARCH_SEMANTIC_THRESHOLD"] = str(t)
+            reasons: list[list[str]] = []
+
+            def run(q: str) -> list[str]:
+                out = suggest(q, limit=k, semantic=None, db_path=db_path, embedder=embedder)
+                reasons.append([r["reason"] for r in out])
+                return [r["tag"] for r in out]
+
+            fused, extra = [], []
+            for q in queries:
+                reasons.clear()
+                fused.append(popup_ranking(q, run)[:k])
+                extra.append(sum(r == "semantic" for r in (reasons[-1] if reasons else [])))
+            sc = score(queries, fused, k)
+            literal = [n for q, n in zip(queries, extra) if q.kind in LITERAL_KINDS]
+            rows.append({"threshold": t, "recall": {kind: sc[kind]["recall"] for kind in sc},
+                         "lost": len(lost_in_fused(queries, classic, fused, k)),
+                         "meaning_rows_on_literal": sum(literal) / max(1, len(literal))})
+    finally:
+        if old is None:
+            os.environ.pop("TAGLOOM_SEARCH_SEMANTIC_THRESHOLD", None)
+        else:
+            os.environ["TAGLOOM_SEARCH_SEMANTIC_THRESHOLD"] = old
+    best = max(r["recall"]["overall"] for r in rows)
+    ok = [r["threshold"] for r in rows if r["lost"] == 0 and r["recall"]["overall"] >= best - 1.0 / len(queries) - 1e-9]
+    chosen = max(ok) if ok else None
+    return {"rows": rows, "chosen": chosen}
+
+
+def format_calibration(cal: dict) -> str:
+    head = ["threshold", "description R@10", "zh R@10", "context R@10", "overall R@10", "lost", "meaning rows / literal query"]
+    body = [[f"{r['threshold']:.2f}" + (" (chosen)" if r["threshold"] == cal["chosen"] else ""),
+             f"{r['recall'].get('description', 0):.2f}", f"{r['recall'].get('zh', 0):.2f}",
+             f"{r['recall'].get('context', 0):.2f}", f"{r['recall']['overall']:.2f}", str(r["lost"]),
+             f"{r['meaning_rows_on_literal']:.1f}"] for r in cal["rows"]]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, body)])
 
 
 def prepare_db(db_path: Path) -> int:
@@ -304,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=10, help="rows a popup shows (default 10)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--misses", action="store_true", help="also list the queries each path missed")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="instead: the fused list at each semantic-score threshold, and the one to choose (ranking.THRESHOLDS)")
     args = ap.parse_args(argv)
     if args.limit is not None and not args.build_index:
         ap.error("--limit goes with --build-index")
@@ -341,6 +394,19 @@ def main(argv: list[str] | None = None) -> int:
             runs["semantic"] = semantic_run(db_path, index, args.k)
             runs["fused"] = fused_run(db_path, args.embedder, args.k)
 
+    if args.calibrate:
+        if "fused" not in runs:
+            print("--calibrate needs a semantic index (--build-index)", file=sys.stderr)
+            return 1
+        cal = calibrate(queries, db_path, args.embedder, args.k)
+        if args.json:
+            print(json.dumps(cal, indent=1))
+        else:
+            print(f"\nTagLoom semantic threshold calibration — {len(queries)} queries, {n_tags:,} tags, {index_note}; "
+                  f"{platform.machine()}, {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}\n")
+            print(format_calibration(cal))
+            print(f"\nchosen: {cal['chosen']} (the highest threshold with no classic answer lost and an overall recall within one query of the best)")
+        return 0
     report = evaluate(queries, runs, args.k)
     from tagloom.search import settings
 

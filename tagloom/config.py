@@ -42,6 +42,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "search_semantic": ("auto", "auto (semantic when an index exists), on, off"),
     "search_device": ("auto", "device for torch embedders: auto, cpu, cuda"),
     "search_model_wait": (3.0, "seconds a typing query waits for the embedding model to load before answering with classic completions only (the load goes on; later queries get semantic ones)"),
+    "search_semantic_threshold": ("auto", "score a semantic (meaning) row must reach to be shown: auto (the value calibrated for the embedder, tagloom/search/ranking.py) or a number"),
     "search_store": ("auto", "dense vectors of the semantic index: auto (chromadb when it imports, else numpy), chroma, numpy"),
     "chroma_host": ("", "a chromadb server (HttpClient) instead of the embedded PersistentClient; empty = embedded"),
     "chroma_port": (8000, "the chromadb server's port"),

