@@ -8,7 +8,8 @@ model and images, beside ONNX Runtime alone (issue 13 item 8). Prints one table.
     .venv/bin/python bench/tagger_node.py run ~/wd-vit-random --comfyui $HARNESS_DIR/ComfyUI \
         --wd14 ~/ComfyUI-WD14-Tagger [--images 16] [--runs 2]
 
-`run` copies the model into both packs' model folders, writes 1024x1024 images into ComfyUI's input
+`run` copies the model into both packs' model folders (TagLoom's loader runs it at each
+``--precision``: fp32 as exported, int8 with the weights quantized once), writes 1024x1024 images into ComfyUI's input
 folder, queues a prompt per node (LoadImage -> RepeatImageBatch -> tagger -> PreviewAny; a new
 threshold each run so ComfyUI's cache never answers) and reads each prompt's execution time from
 ComfyUI's own history timestamps. "ORT alone": the same model.onnx in this process on the same
@@ -82,11 +83,12 @@ def run_prompt(base: str, prompt: dict, timeout: float = 1800) -> float:
     raise TimeoutError(pid)
 
 
-def prompts(n: int, threshold: float, model_name: str) -> dict:
+def prompts(n: int, threshold: float, model_name: str, precision: str = "fp32") -> dict:
     base = {"1": {"class_type": "LoadImage", "inputs": {"image": "bench_tagger_0.png"}},
             "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": n}}}
     ours = {**base,
-            "3": {"class_type": "TagLoomTaggerLoader", "inputs": {"model": model_name, "backend": "onnx", "device": "cpu"}},
+            "3": {"class_type": "TagLoomTaggerLoader", "inputs": {"model": model_name, "backend": "onnx", "device": "cpu",
+                                                                   "precision": precision}},
             "4": {"class_type": "TagLoomInterrogate", "inputs": {
                 "tagger": ["3", 0], "image": ["2", 0], "general_threshold": threshold, "character_threshold": 0.85,
                 "artist_threshold": 0.85, "mcut_general": False, "mcut_character": False, "replace_underscores": True,
@@ -100,12 +102,12 @@ def prompts(n: int, threshold: float, model_name: str) -> dict:
     return {"ours": ours, "theirs": theirs}
 
 
-def ort_alone(model_dir: Path, image: Path, n: int) -> dict:
+def ort_alone(model_path: Path, image: Path, n: int, batch8: bool = True) -> dict:
     import numpy as np
     import onnxruntime as ort
     from PIL import Image
 
-    sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     img = Image.open(image).convert("RGB").resize((448, 448), Image.BICUBIC)
     x = np.asarray(img, dtype=np.float32)[:, :, ::-1][None].copy()
     sess.run(None, {"input": x})  # warm-up
@@ -114,6 +116,8 @@ def ort_alone(model_dir: Path, image: Path, n: int) -> dict:
     for _ in range(n):
         sess.run(None, {"input": x})
     out["batch 1"] = n / (time.perf_counter() - t)
+    if not batch8:
+        return out
     xb = np.repeat(x, 8, axis=0)
     t = time.perf_counter()
     for _ in range(max(1, n // 8)):
@@ -143,24 +147,35 @@ def run(args) -> int:
     base = args.url.rstrip("/")
     print(f"# {args.images} images of 1024x1024 per prompt, model {name} (ViT-B/16 448, random weights, "
           f"{NUM_LABELS} labels); {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    precisions = [p for p in args.precision.split(",") if p]
     rows = []
-    warm = prompts(2, 0.5, name)
-    for key in ("ours", "theirs"):  # first use: model load, images into ComfyUI's cache
-        run_prompt(base, warm[key])
-    for key, label in (("ours", "TagLoom Interrogate"), ("theirs", "WD14Tagger|pysssss")):
+    warm = {p: prompts(2, 0.5, name, p) for p in precisions}
+    for p in precisions:  # first use: model load (int8: quantized once), images into ComfyUI's cache
+        run_prompt(base, warm[p]["ours"])
+    run_prompt(base, warm[precisions[0]]["theirs"])
+    runs = [("ours", p, f"TagLoom Interrogate, {p}") for p in precisions] + [("theirs", "fp32", "WD14Tagger|pysssss")]
+    for key, p, label in runs:
         rates = []
         for r in range(args.runs):
-            secs = run_prompt(base, prompts(args.images, 0.35 + 0.001 * (r + 1) + (0.0005 if key == "theirs" else 0), name)[key])
+            secs = run_prompt(base, prompts(args.images, 0.35 + 0.001 * (r + 1) + (0.0005 if key == "theirs" else 0), name, p)[key])
             rates.append(args.images / secs)
-        rows.append((label, rates))
-    alone = ort_alone(model_dir, image, args.images)
-    print(f"{'what':<34} {'img/s (each run)':<26} {'best':>6}")
-    for label, rates in rows:
-        print(f"{label:<34} {', '.join(f'{x:.3f}' for x in rates):<26} {max(rates):>6.3f}")
+        rows.append((label, p, rates))
+    alone = {f"fp32, {k}": v for k, v in ort_alone(model_dir / "model.onnx", image, args.images).items()}
+    if "int8" in precisions:
+        sys.path.insert(0, str(REPO))
+        os.environ.setdefault("TAGLOOM_HOME", str(comfy / "user" / "tagloom"))
+        from tagloom.tagger.quantize import int8_model
+
+        alone["int8, batch 1"] = ort_alone(int8_model(model_dir / "model.onnx"), image, args.images, batch8=False)["batch 1"]
+    print(f"{'what':<38} {'img/s (each run)':<26} {'best':>6}")
+    for label, _, rates in rows:
+        print(f"{label:<38} {', '.join(f'{x:.3f}' for x in rates):<26} {max(rates):>6.3f}")
     for k, v in alone.items():
-        print(f"{'ONNX Runtime alone, ' + k:<34} {'':<26} {v:>6.3f}")
-    ours, theirs = max(rows[0][1]), max(rows[1][1])
-    print(f"TagLoom / WD14Tagger: {ours / theirs:.2f}x; TagLoom / ORT alone (batch 1): {ours / alone['batch 1']:.0%}")
+        print(f"{'ONNX Runtime alone, ' + k:<38} {'':<26} {v:>6.3f}")
+    theirs = max(rows[-1][2])
+    for label, p, rates in rows[:-1]:
+        print(f"{label} / WD14Tagger: {max(rates) / theirs:.2f}x; / ORT alone ({p}, batch 1): "
+              f"{max(rates) / alone[f'{p}, batch 1']:.0%}")
     return 0
 
 
@@ -176,6 +191,8 @@ def main() -> int:
     r.add_argument("--url", default="http://127.0.0.1:8199")
     r.add_argument("--images", type=int, default=16)
     r.add_argument("--runs", type=int, default=2)
+    r.add_argument("--precision", default="fp32,int8",
+                   help="comma-separated precisions of TagLoom's loader to time (default fp32,int8)")
     args = ap.parse_args()
     if args.cmd == "make-model":
         make_model(Path(args.out).expanduser())

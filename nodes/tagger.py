@@ -53,7 +53,14 @@ class TagLoomTaggerLoader:
                 "model": (_model_choices(), {"tooltip": "wd-v3 model, JoyTag, or a folder in models/tagloom; downloaded on first use"}),
                 "backend": (list(names.BACKENDS), {"default": "auto"}),
                 "device": (list(names.DEVICES), {"default": "auto"}),
-            }
+            },
+            "optional": {
+                "precision": (list(names.INFERENCE_PRECISIONS), {
+                    "default": "fp32",
+                    "tooltip": "fp32: as the model was made. int8: ONNX on the CPU with int8 weights (quantized once, "
+                               "cached), about 2.5x faster there, scores within a few thousandths. bf16/fp16/auto: "
+                               "torch backend on a GPU"}),
+            },
         }
 
     RETURN_TYPES = ("TAGLOOM_TAGGER",)
@@ -62,12 +69,12 @@ class TagLoomTaggerLoader:
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads a Danbooru tagger (EVA-02 Large by default) on ONNX Runtime or PyTorch."
 
-    def load(self, model, backend="auto", device="auto"):
+    def load(self, model, backend="auto", device="auto", precision="fp32"):
         from tagloom.tagger.cache import TaggerHandle
 
         _comfy.hook_unload()
         device = _comfy.follow_device(device)  # respect ComfyUI's own choice (--cpu on a GPU machine)
-        handle = TaggerHandle(model, backend, device)
+        handle = TaggerHandle(model, backend, device, precision)
         _make_room_on_gpu(handle)
         handle.get()  # load now so a missing model fails this node, not the next one
         return (handle,)

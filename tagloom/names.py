@@ -13,6 +13,8 @@ BACKENDS = ("auto", "onnx", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 # Numerical precision of inference and training (auto: bf16 on Ampere+ GPUs, else fp32/fp16).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Inference adds int8: an ONNX model's weights quantized once for the CPU (tagloom.tagger.quantize).
+INFERENCE_PRECISIONS = PRECISIONS + ("int8",)
 # The batch captioner's engines: this machine, or a Ray cluster.
 CAPTION_ENGINES = ("local", "ray")
 # The semantic index's vector store (auto: chromadb when importable, else TagLoom's numpy store).

@@ -180,3 +180,49 @@ def test_bundle_is_what_load_tagger_and_the_caption_model_open(tmp_path):
         CaptionModel.open(ModelChoice(model=str(d), thresholds={"general": 2}))
     # A JoyTag folder opened by path gets its family's reference thresholds (0.4).
     assert open_bundle(tiny_joytag()).thresholds.general == 0.4
+
+
+def test_int8_runs_a_quantized_copy_on_the_cpu(tmp_path, monkeypatch):
+    """precision int8: the ONNX model's MatMul/Gemm weights quantized once into the cache (never the
+    model folder), reused, the same labels, scores close to fp32; refused on CUDA and on torch."""
+    pytest.importorskip("onnx")
+    from tagloom.tagger import load_tagger
+    from tagloom.tagger.quantize import int8_path
+
+    monkeypatch.setenv("TAGLOOM_HOME", str(tmp_path / "home"))
+    folder = tiny_model(tmp_path / "m")
+    before = sorted(p.name for p in folder.iterdir())
+    px = _pixels(4, 56, seed=3)  # the tiny model's input side
+    fp32 = load_tagger(folder, backend="onnx", device="cpu")
+    int8 = load_tagger(folder, backend="onnx", device="cpu", precision="int8")
+    assert int8.runner.precision == "int8" and fp32.runner.precision == "fp32"
+    cached = int8_path(folder / "model.onnx")
+    assert cached.is_file() and cached.parent == tmp_path / "home" / "cache" / "int8"
+    assert sorted(p.name for p in folder.iterdir()) == before  # the user's folder is left alone
+    a, b = fp32.predict(WD_V3.to_input(px)), int8.predict(WD_V3.to_input(px))
+    assert a.shape == b.shape and np.abs(a - b).max() < 0.05
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(cached)).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    mtime = cached.stat().st_mtime_ns
+    load_tagger(folder, backend="onnx", device="cpu", precision="int8")
+    assert cached.stat().st_mtime_ns == mtime  # reused, not quantized again
+    with pytest.raises(TagLoomError, match="int8 runs on the CPU"):
+        runtime.open_engine(folder, "onnx", "wd", runtime.EngineOptions(device="cuda", precision="int8"))
+    pytest.importorskip("timm")
+    with pytest.raises(TagLoomError, match="int8 is for ONNX models on the CPU"):
+        load_tagger(folder, backend="torch", device="cpu", precision="int8")
+
+
+def test_int8_of_a_file_that_is_not_a_model_names_it(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    from tagloom.errors import InputFileError
+    from tagloom.tagger.quantize import int8_model
+
+    monkeypatch.setenv("TAGLOOM_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx graph")
+    with pytest.raises(InputFileError, match="model.onnx.*cannot be quantized"):
+        int8_model(bad)
+    assert not any((tmp_path / "home" / "cache" / "int8").iterdir())  # nothing half-written left

@@ -83,6 +83,22 @@ def test_threshold_file_input(pack_with_model):
         pack.NODE_CLASS_MAPPINGS["TagLoomInterrogate"]().interrogate(handle, _image_batch(1), threshold_file="/etc/passwd")
 
 
+def test_loader_precision_int8_tags_like_fp32(pack_with_model):
+    """The loader's optional precision input (appended: older workflows load unchanged)."""
+    pytest.importorskip("onnx")
+    pack, _ = pack_with_model
+    loader = pack.NODE_CLASS_MAPPINGS["TagLoomTaggerLoader"]
+    assert loader.INPUT_TYPES()["optional"]["precision"][1]["default"] == "fp32"
+    (fp32,) = loader().load("tiny-eva02", "onnx", "cpu")
+    (int8,) = loader().load("tiny-eva02", "onnx", "cpu", "int8")
+    assert int8.get().runner.precision == "int8" and int8.get() is not fp32.get()
+    node = pack.NODE_CLASS_MAPPINGS["TagLoomInterrogate"]()
+    a = json.loads(node.interrogate(fp32, _image_batch(1), general_threshold=0.0)[2][0])
+    b = json.loads(node.interrogate(int8, _image_batch(1), general_threshold=0.0)[2][0])
+    assert a["general"].keys() == b["general"].keys()
+    assert max(abs(a["general"][t] - b["general"][t]) for t in a["general"]) < 0.05
+
+
 def test_cancel_stops_the_batch(pack_with_model):
     pack, stub = pack_with_model
     (handle,) = pack.NODE_CLASS_MAPPINGS["TagLoomTaggerLoader"]().load("tiny-eva02", "onnx", "cpu")

@@ -26,7 +26,7 @@ from tagloom.tagger.runtime import EngineOptions, auto_precision  # noqa: F401
 
 CLIP_MEAN = np.asarray(_CLIP_MEAN, np.float32)
 CLIP_STD = np.asarray(_CLIP_STD, np.float32)
-PRECISIONS = names.PRECISIONS
+PRECISIONS = names.INFERENCE_PRECISIONS
 
 
 def to_model_input(pixels: np.ndarray, family) -> np.ndarray:

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
                                                  "default: SmilingWolf/wd-eva02-large-tagger-v3")
     p.add_argument("--backend", default=None, choices=names.BACKENDS, help="inference backend (default auto)")
     p.add_argument("--device", default=None, choices=names.DEVICES, help="device (default auto)")
+    p.add_argument("--precision", default="fp32", choices=names.INFERENCE_PRECISIONS,
+                   help="fp32 (default); int8: ONNX on the CPU with int8 weights (quantized once, cached; about 2.5x "
+                        "faster, scores within a few thousandths); bf16/fp16/auto: torch backend on a GPU")
     add_threshold_format_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per model call for folders")
     p.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise TagLoomError("no images found in " + ", ".join(map(str, args.paths)))
     tagger = load_tagger(args.model, backend=args.backend or config.setting("tagger_backend"),
-                         device=args.device or config.setting("device"))
+                         device=args.device or config.setting("device"), precision=args.precision)
     thresholds = tagger.thresholds
     if args.threshold_json:
         thresholds = read_threshold_json(args.threshold_json, thresholds)

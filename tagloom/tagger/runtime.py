@@ -37,7 +37,7 @@ from tagloom.errors import InputFileError, TagLoomError
 from tagloom.tagger.families import NHWC, get_family
 
 DEVICES = names.DEVICES
-PRECISIONS = names.PRECISIONS
+PRECISIONS = names.INFERENCE_PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class EngineOptions:
     be honoured is an error). ``threads``: ONNX Runtime intra-op threads (None = its default, one per
     core); ``spinning=False`` stops idle ORT threads from busy-waiting. ``io_binding``: feed torch
     tensors to ONNX Runtime where they lie (wd-layout models). ``precision``: auto | fp32 | bf16 |
-    fp16 (torch; auto = bf16 on GPUs with bf16 hardware, else fp32; ONNX runs as exported: auto or
-    fp32 only); ``autocast``: keep fp32 weights and autocast (else the weights are cast).
+    fp16 (torch; auto = bf16 on GPUs with bf16 hardware, else fp32) | int8 (ONNX on the CPU: the
+    weights quantized once, tagloom.tagger.quantize; ONNX otherwise runs as exported: auto or fp32);
+    ``autocast``: keep fp32 weights and autocast (else the weights are cast).
     ``compile``: torch.compile, on the one shape of ``batch_size`` images, at load."""
 
     device: str = "auto"
@@ -184,7 +185,7 @@ class OnnxEngine:
     """A model.onnx in its family's input convention, on ONNX Runtime."""
 
     name = "onnx"
-    precisions = PRECISIONS[:2]  # auto, fp32: the graph runs as exported
+    precisions = ("auto", "fp32", "int8")  # the graph as exported, or its int8 copy on the CPU
 
     @classmethod
     def takes_device_pixels(cls, family) -> bool:
@@ -202,10 +203,19 @@ class OnnxEngine:
         self.family = self.model_family.name
         if check_precision(options.precision) not in self.precisions:
             raise TagLoomError(f"precision {options.precision} needs the torch backend (--backend torch); "
-                               "ONNX models run as exported")
+                               "ONNX models run as exported (or int8 on the CPU)")
         self.options = options
-        self.session, self.provider, self.device = onnx_session(self.path, options.device, options.threads,
-                                                                options.spinning)
+        self.precision = "int8" if options.precision == "int8" else "fp32"
+        run_path = self.path
+        if self.precision == "int8":
+            from tagloom.tagger.quantize import int8_model
+
+            if check_device(options.device).startswith("cuda"):
+                raise TagLoomError("precision int8 runs on the CPU (ONNX Runtime's int8 kernels are CPU ones): "
+                                   "use device cpu, or fp32/bf16 on the GPU")
+            run_path = int8_model(self.path)
+        device = "cpu" if self.precision == "int8" else options.device
+        self.session, self.provider, self.device = onnx_session(run_path, device, options.threads, options.spinning)
         inp = self.session.get_inputs()[0]
         self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
         shape = list(inp.shape)
@@ -294,7 +304,7 @@ class TorchEngine:
     network's own mean/std (config.json) is applied here, as the wd-v3 ONNX graphs do inside."""
 
     name = "torch"
-    precisions = PRECISIONS
+    precisions = names.PRECISIONS  # int8 is an ONNX path
 
     @classmethod
     def takes_device_pixels(cls, family) -> bool:
