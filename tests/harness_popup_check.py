@@ -29,7 +29,10 @@ def main() -> int:
     ap.add_argument("--webui", action="store_true", help="the page is the A1111 WebUI (txt2img prompt)")
     ap.add_argument("--shot", help="screenshot of the last popup")
     ap.add_argument("--wait", type=float, default=8.0, help="seconds a popup may take")
+    ap.add_argument("--query", action="append", help="type these instead of the built-in 25 (repeatable)")
+    ap.add_argument("--rows", action="store_true", help="print every row of each popup, not only the first")
     args = ap.parse_args()
+    queries = args.query or QUERIES
     from playwright.sync_api import sync_playwright
 
     failed = 0
@@ -60,7 +63,7 @@ def main() -> int:
         spots = [(b["y"], b["x"], i) for i, t in enumerate(page.locator("textarea").all())
                  if t.is_visible() and (b := t.bounding_box())]
         box = page.locator("#txt2img_prompt textarea") if args.webui else page.locator("textarea").nth(min(spots)[2])
-        for q in QUERIES:
+        for q in queries:
             box.click()
             box.fill("masterpiece, ")
             box.press("End")
@@ -73,7 +76,8 @@ def main() -> int:
                     " return rows.length > 0 && [...document.querySelectorAll('[data-query]')].some(e => e.dataset.query === q); }",
                     arg=q, timeout=args.wait * 1000)
                 rows = page.locator(".tagloom-ac-item").all_inner_texts()
-                print(f"ok   {q!r:16} {time.monotonic() - started:5.2f} s  {rows[0].split()[0] if rows else ''}")
+                shown = " | ".join(" ".join(r.split()) for r in rows) if args.rows else (rows[0].split()[0] if rows else "")
+                print(f"ok   {q!r:16} {time.monotonic() - started:5.2f} s  {shown}")
             except Exception:
                 failed += 1
                 print(f"FAIL {q!r:16} no popup for this query within {args.wait} s")
@@ -86,7 +90,7 @@ def main() -> int:
             time.sleep(1.5)
             page.screenshot(path=args.shot)
         browser.close()
-    print(f"{len(QUERIES) - failed} of {len(QUERIES)} queries showed their popup")
+    print(f"{len(queries) - failed} of {len(queries)} queries showed their popup")
     return 1 if failed else 0
 
 

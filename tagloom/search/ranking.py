@@ -32,8 +32,9 @@ from typing import Mapping, Sequence
 # Popularity prior: added to the cosine, times log1p(posts) / log1p(max posts).
 POP_PRIOR = 0.10
 # Category prior by Danbooru category id (0 general, 1 artist, 3 copyright, 4 character, 5 meta).
-# A description wants a general tag; 100k artist and character names must not crowd them out.
-CATEGORY_PRIOR = {0: 0.0, 1: -0.02, 3: -0.01, 4: -0.01, 5: -0.01}
+# A description wants a general tag; 100k artist and character names must not crowd them out, and
+# meta tags (absurdres, commentary) describe the post, never the picture.
+CATEGORY_PRIOR = {0: 0.0, 1: -0.02, 3: -0.02, 4: -0.01, 5: -0.05}
 # How many dense neighbours the store returns for the priors to re-rank.
 DENSE_CANDIDATES = 300
 # Other channels (BGE-M3's sparse lexical weights and ColBERT re-ranking) add a reciprocal-rank bonus.
