@@ -30,9 +30,11 @@ def test_a_meaning_row_is_never_filler():
 def test_beside_a_popular_completion_a_meaning_row_must_be_surer():
     semantic = {10: 0.9 + ranking.BESIDE_MARGIN / 2, 11: 0.9 + ranking.BESIDE_MARGIN + 0.01}
     assert fuse([(0, "prefix")], semantic) == [0, 11]
-    # with no literal completion (or only typo rows) the plain threshold applies
+    # a typo of a popular tag is a completion too ("blonde hiar" -> blonde_hair)
+    assert fuse([(0, "fuzzy")], semantic) == [0, 11]
+    # with no literal completion, or one only of the phrase's last words, the plain threshold applies
     assert fuse([], semantic) == [11, 10]
-    assert fuse([(0, "fuzzy")], semantic) == [0, 11, 10]
+    assert fuse([(0, "prefix")], semantic, tail=True) == [0, 11, 10]
 
 
 def test_meaning_rows_keep_discovery_slots_beside_many_rare_literal_rows():

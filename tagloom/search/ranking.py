@@ -103,7 +103,7 @@ def fuse(literal: Sequence[tuple[int, str]], semantic: Mapping[int, float], post
                  if reason == "exact" or (not guess and reason in STRONG and posts(row) >= POPULAR_POSTS)]
     keep = set(protected)
     # A weaker literal row that is also among the best meanings is ranked as a meaning row.
-    if threshold is not None and not (tail or guess) and any(reason != "fuzzy" for row, reason in literal if row in keep):
+    if threshold is not None and protected and not (tail or guess):
         threshold += BESIDE_MARGIN  # beside completions of a popular tag, a meaning row must be surer
     sem = sorted((row for row, s in semantic.items() if row not in keep and (threshold is None or s >= threshold)),
                  key=lambda row: -semantic[row])
