@@ -9,13 +9,16 @@ The rules, each measured with the benchmark over the full 140k-tag list (docs/be
    prior (log post count, 0..1) plus a category prior. Over 140k tags the nearest neighbours of a
    description are rare names that merely look alike ("two ponytails" -> ``ponytail_girl_(artist)``);
    the prior lets ``twintails`` (1.2M posts) win. The store is asked for ``DENSE_CANDIDATES``
-   neighbours so that the prior has popular tags to promote.
+   neighbours, and the index searches the most popular tags exactly besides
+   (``SemanticIndex._load_head``), so that the prior has popular tags to promote.
 2. **A calibrated threshold.** A semantic row is shown only when its score clears the embedder's
    threshold (``THRESHOLDS``, calibrated on the benchmark, ``--calibrate``; the setting
-   ``search_semantic_threshold`` overrides it). Fewer rows beat wrong rows: there is no filler.
+   ``search_semantic_threshold`` overrides it), ``BESIDE_MARGIN`` more beside a completion of a
+   popular tag (rule 3), where meaning rows were mostly noise. Fewer rows beat wrong rows: there is
+   no filler.
 3. **Literal matches of popular tags come first.** The name, an alias or a translation starting with
-   what is typed, for a tag with at least ``POPULAR_POSTS`` posts (and any exact match), is never
-   placed below a semantic row. Semantic rows come next, then the other literal rows (rare names,
+   what is typed, or one typo away from it, for a tag with at least ``POPULAR_POSTS`` posts (and any
+   exact match), is never placed below a semantic row. Semantic rows come next, then the other literal rows (rare names,
    words inside names, typos). When literal rows would fill the list, semantic rows still get up to
    ``SEMANTIC_SLOTS`` places (the rarest literal rows make way): a long list of ``kitsune_*`` artists
    must not hide ``fox_girl``.
