@@ -164,3 +164,33 @@ def test_build_without_colbert(tmp_path, setup):
     assert set(found) == {"dense", "dense_sim", "head", "head_sim", "sparse"}
     r = build_index(other, spec, device="cpu")  # ColBERT back on: everything is embedded again
     assert r["embedded"] == len(TAGS) and (folder / "colbert.f16").stat().st_size > 0
+
+
+def test_quality_benchmark_runs_on_an_m3_index(setup):
+    """bench/autocomplete_quality.py's three paths run with BGE-M3 (here the tiny model: the figures
+    mean nothing, the path does): its channels go through the same ranking, without a calibrated
+    threshold (none for this embedder), so meaning rows beside literal ones keep to the discovery slots."""
+    import sys
+
+    from tests_paths import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import autocomplete_quality as aq
+
+    from tagloom.search import ranking
+    from tagloom.search.engine import get_engine
+
+    db_path, _, spec, _, _ = setup
+    clear_cache()
+    index = get_engine(db_path).semantic_index(spec)
+    assert ranking.threshold_for(index.embedder.slug) is None
+    Q = aq.Query
+    qs = [Q("prefix", "long_h", ("long_hair",)), Q("alias", "seifu", ("school_uniform",)),
+          Q("zh", "双马尾", ("twintails",))]
+    report = aq.evaluate(qs, {"classic": aq.classic_run(db_path), "semantic": aq.semantic_run(db_path, index),
+                              "fused": aq.fused_run(db_path, spec)})
+    assert set(report["paths"]) == {"classic", "semantic", "fused"}
+    assert report["paths"]["fused"]["overall"]["recall"] == 1.0 and report["lost_in_fused"]["overall"] == 0
+    rows = suggest("long_h", limit=8, db_path=db_path, embedder=spec)
+    assert rows[0]["tag"] == "long_hair" and sum(r["reason"] == "semantic" for r in rows) <= ranking.SEMANTIC_SLOTS
+    clear_cache()

@@ -58,6 +58,12 @@ def test_a_phrase_completed_only_from_its_last_word_puts_meanings_first():
     assert fuse([(0, "exact")] + literal[1:], {10: 0.95}, limit=3, guess=True) == [0, 10, 1]
 
 
+def test_without_a_calibrated_threshold_meaning_rows_keep_to_the_discovery_slots():
+    semantic = {10: 0.5, 11: 0.4, 12: 0.3, 7: 0.2, 6: 0.1}
+    assert fuse([(0, "prefix")], semantic, threshold=None) == [0, 10, 11, 12]
+    assert fuse([], semantic, threshold=None) == [10, 11, 12, 7, 6]  # nothing literal: they are all there is
+
+
 def test_scores_fall_with_the_position():
     out = ranking.fuse([(0, "prefix"), (2, "prefix")], {10: 0.95}, POSTS.__getitem__, 10, 0.9)
     assert [s for _, s in out] == sorted((s for _, s in out), reverse=True)

@@ -113,7 +113,7 @@ def fuse(literal: Sequence[tuple[int, str]], semantic: Mapping[int, float], post
     room = max(0, limit - len(protected))
     rest = [row for row, _ in literal if row not in keep]
     n_sem = min(len(sem), room if guess else max(room - len(rest), min(SEMANTIC_SLOTS, room)))
-    if threshold is None and rest and not guess:  # uncalibrated: only the discovery slots beside literal rows
+    if threshold is None and literal and not guess:  # uncalibrated: only the discovery slots beside literal rows
         n_sem = min(n_sem, SEMANTIC_SLOTS)
     sem = sem[:n_sem]
     shown = set(sem)
