@@ -31,6 +31,7 @@ from tagloom import caches
 from tagloom.search import persist, ranking
 from tagloom.search import settings as search_settings
 from tagloom.search.classic import ALIAS, KIND_REASON, NAME, TRANSLATION, ClassicIndex
+from tagloom.search.compose import is_cjk
 from tagloom.tags.db import DANBOORU_CATEGORIES, TagDB, default_path
 
 # How literal and semantic rows share the list: ranking.py.
@@ -87,6 +88,15 @@ class _Tags:
         self.classic = ClassicIndex.restore(self.post_count, data["classic"])
         self.log_max = math.log1p(int(self.post_count.max())) if n else 1.0
         return self
+
+    def composer(self):
+        """The Chinese-phrase composer over this snapshot (compose.py), built on first use."""
+        c = self.__dict__.get("_composer")
+        if c is None:
+            from tagloom.search.compose import Composer
+
+            c = self._composer = Composer(self.names, self.category, self.post_count, self.translations)
+        return c
 
     def pop(self, row: int) -> float:
         return math.log1p(int(self.post_count[row])) / self.log_max
@@ -315,6 +325,9 @@ def _classic(st: "_Tags", query: str, limit: int) -> list[tuple[int, str, str | 
     # A word inside another name ("flowr" -> fai_d._flowright) is no real completion.
     if any(reason in ("exact", "prefix", "alias", "translation") for _, reason, _ in out):
         out = [row for row in out if row[1] != "fuzzy"]
+    if not out and is_cjk(query):
+        # 天使翅膀: no translation as typed, but 天使 (angel) + 翅膀 (wings) -> angel_wings
+        out = [(row, "translation", shown) for row, shown in st.composer().complete(query, limit)]
     return out
 
 
