@@ -5,9 +5,9 @@ header) has seven kinds: prefix, alias, space, typo, description, zh, context. E
 through three paths, each as the popup would show it (top ``--k`` rows):
 
 - ``classic``: ``suggest(q, semantic=False)`` — name/alias/translation/typo completion only;
-- ``semantic``: the semantic index alone (``Engine.semantic_index(...).search``; its channels —
-  dense, and for BGE-M3 sparse and ColBERT — fused by reciprocal rank with the engine's weights),
-  no literal matches, no popularity prior;
+- ``semantic``: the semantic index alone (``Engine.semantic_index(...).search``), ranked as the
+  engine ranks meaning rows (``tagloom.search.ranking.semantic_scores``: cosine + popularity and
+  category priors, BGE-M3's sparse and ColBERT bonuses), no literal matches, no threshold;
 - ``fused``: ``suggest(q, semantic=None)`` — what the autocomplete route answers the popups
   (``semantic=auto``): the engine's hybrid list when an index is built. The model is loaded before
   the first query, so no answer falls back to classic for want of it.
@@ -17,6 +17,9 @@ term being typed is extracted as the popup does it (``currentToken`` in
 web/lib/tagloom-autocomplete-core.js: separators ``,()[]{}<>|`` and newline, escapes, the prompt
 editing ``[from:to`` part) and, for every kind, when a phrase with spaces gets no rows its last
 three, two, then one words are tried, longest first, as the popup does.
+
+``--calibrate`` prints instead the fused list at each semantic-score threshold and the threshold the
+rule picks (``calibrate``), which is how ``ranking.THRESHOLDS`` was set.
 
 Prints ONE table: recall@k and MRR (1/rank of the first accepted answer within the top k, 0 when
 none) per kind and overall for each path, and per kind the number of queries whose classic answer
