@@ -333,16 +333,15 @@ def format_calibration(cal: dict) -> str:
 
 def prepare_db(db_path: Path) -> int:
     """Import the shared tag list and zh translations into ``db_path`` when it has no tags."""
+    from shared_list import import_shared_list
     from tagloom.tags import TagDB
-    from tagloom.tags.importers import import_file
 
+    t = time.perf_counter()
     with TagDB(db_path) as db:
-        if db.count() == 0:
-            t = time.perf_counter()
-            import_file(db, SHARED / "danbooru.csv")
-            zh = SHARED / "tags-zh-translations.csv"
-            if zh.is_file():
-                import_file(db, zh)
+        empty = db.count() == 0
+    import_shared_list(db_path)
+    with TagDB(db_path) as db:
+        if empty:
             print(f"imported {db.count():,} tags into {db_path} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         return db.count()
 

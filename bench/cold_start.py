@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 
 CHILD = r"""
 import json, os, sys, time
@@ -79,16 +78,12 @@ def main() -> int:
 
 def run(args, tmp: Path) -> int:
     env = dict(os.environ, TAGLOOM_HOME=str(tmp), HF_HUB_OFFLINE="1")
-    if args.db:
-        db = args.db.resolve()
-    else:
-        if not (SHARED / "danbooru.csv").is_file():
-            print(f"shared data not found at {SHARED}: nothing to benchmark")
-            return 1
-        os.environ["TAGLOOM_HOME"] = str(tmp)
-        from shared_list import import_shared_list
+    os.environ["TAGLOOM_HOME"] = str(tmp)
+    from shared_list import benchmark_db
 
-        db = import_shared_list(tmp / "tags.sqlite")
+    db = benchmark_db(args.db, tmp)
+    if db is None:
+        return 1
 
     load_before = os.getloadavg()
     runs: dict[str, list[float]] = {}

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 
 CHILD = r"""
 import json, re, sys, time
@@ -79,12 +78,6 @@ for v in variants:
         print(json.dumps({"variant": v, "batch": bs, "tokens": tokens, "rate": len(texts) / dt,
                           "cpu_ms": 1000 * cpu / len(texts)}), flush=True)
 """
-
-
-def prepare_db(tmp: Path) -> Path:
-    from shared_list import import_shared_list
-
-    return import_shared_list(tmp / "tags.sqlite")
 
 
 def throughput(db: Path, args) -> list[dict]:
@@ -159,13 +152,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tagloom-bench-") as tmp_s:
         tmp = Path(tmp_s)
         os.environ["TAGLOOM_HOME"] = str(tmp / "home")
-        if args.db:
-            db = args.db.resolve()
-        else:
-            if not (SHARED / "danbooru.csv").is_file():
-                print(f"shared data not found at {SHARED}: nothing to benchmark")
-                return 1
-            db = prepare_db(tmp)
+        from shared_list import benchmark_db
+
+        db = benchmark_db(args.db, tmp)
+        if db is None:
+            return 1
         load0 = os.getloadavg()
         rows = throughput(db, args)
         builds = [build(db, s, args.build_tags, tmp) for s in args.stores.split(",")] if args.build_tags else []

@@ -162,7 +162,6 @@ def run(args) -> int:
         rows.append((label, p, rates))
     alone = {f"fp32, {k}": v for k, v in ort_alone(model_dir / "model.onnx", image, args.images).items()}
     if "int8" in precisions:
-        sys.path.insert(0, str(REPO))
         os.environ.setdefault("TAGLOOM_HOME", str(comfy / "user" / "tagloom"))
         from tagloom.tagger.quantize import int8_model
 
