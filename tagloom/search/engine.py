@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -63,7 +62,7 @@ class _Tags:
                 self.translations[r].setdefault(lang, []).append(text)
         self.classic = ClassicIndex(self.names, aliases, self.post_count,
                                     [[t for ts in d.values() for t in ts] for d in self.translations])
-        self.log_max = math.log1p(int(self.post_count.max())) if rows else 1.0
+        self.log_max = ranking.popularity_scale(int(self.post_count.max())) if rows else 1.0
 
     def export(self) -> dict:
         """What ``restore`` needs (persist.py writes it beside the database)."""
@@ -86,7 +85,7 @@ class _Tags:
             raise ValueError("tag arrays do not match")
         self.row_of = dict(zip(self.ids.tolist(), range(n)))
         self.classic = ClassicIndex.restore(self.post_count, data["classic"])
-        self.log_max = math.log1p(int(self.post_count.max())) if n else 1.0
+        self.log_max = ranking.popularity_scale(int(self.post_count.max())) if n else 1.0
         return self
 
     def composer(self):
@@ -99,7 +98,7 @@ class _Tags:
         return c
 
     def pop(self, row: int) -> float:
-        return math.log1p(int(self.post_count[row])) / self.log_max
+        return float(ranking.popularity(int(self.post_count[row]), self.log_max))
 
     def result(self, row: int, reason: str, alias: str | None, score: float) -> dict:
         cat = self.category[row]

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-# Popularity prior: added to the cosine, times log1p(posts) / log1p(max posts).
+import numpy as np
+
+# Popularity prior: added to the cosine, times popularity(): log1p(posts) / log1p(max posts).
 POP_PRIOR = 0.10
 # Category prior by Danbooru category id (0 general, 1 artist, 3 copyright, 4 character, 5 meta).
 # A description wants a general tag; 100k artist and character names must not crowd them out, and
@@ -51,6 +53,16 @@ BESIDE_MARGIN = 0.06
 POPULAR_POSTS = 1000
 SEMANTIC_SLOTS = 3
 STRONG = ("exact", "prefix", "alias", "translation", "fuzzy")
+
+
+def popularity_scale(max_posts) -> float:
+    """log1p of the most posts any tag has: what ``popularity`` divides by."""
+    return max(float(np.log1p(max_posts)), 1e-9)
+
+
+def popularity(posts, scale: float):
+    """The popularity prior's input, 0..1: log1p(posts) / ``popularity_scale`` (numpy arrays too)."""
+    return np.log1p(posts) / scale
 
 
 def semantic_scores(found: Mapping[str, Sequence], row_of: Mapping[int, int], pop, category) -> dict[int, float]:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from tagloom.errors import TagLoomError
-from tagloom.search.ranking import POP_PRIOR
+from tagloom.search.ranking import POP_PRIOR, popularity, popularity_scale
 from tagloom.search.dense import chroma_collection, dense_store  # noqa: F401 (chroma_collection: re-exported)
 
 log = logging.getLogger("tagloom")
@@ -256,7 +256,7 @@ class SemanticIndex:
             return
         matrix = np.concatenate(vecs)
         matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        pop = np.log1p(np.array([posts[t] for t in ids], dtype=np.float64)) / max(np.log1p(top), 1e-9)
+        pop = popularity(np.array([posts[t] for t in ids], dtype=np.float64), popularity_scale(top))
         self._head = (np.asarray(ids, dtype=np.int64), matrix, pop.astype(np.float32))
 
     def _head_due(self) -> bool:
