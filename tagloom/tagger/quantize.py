@@ -46,7 +46,13 @@ def int8_model(source: str | os.PathLike) -> Path:
     """The int8 copy of an fp32 ``model.onnx``, made now if there is none (seconds for ViT-B, about
     a minute for EVA-02 Large)."""
     source = Path(source)
-    out = int8_path(source)
+    return quantize_once(str(source), int8_path(source), source)
+
+
+def quantize_once(model, out: Path, source: Path) -> Path:
+    """Write the int8 form of ``model`` (a path or an ``onnx.ModelProto``) to ``out`` unless it is
+    there already; errors name ``source``. Only products with a constant weight are quantized
+    (quantize_dynamic's default): attention's products of two activations stay float."""
     with _lock:
         if out.is_file():
             return out
@@ -56,7 +62,7 @@ def int8_model(source: str | os.PathLike) -> Path:
             raise InputFileError(source, f"cannot be quantized to int8: {e} (pip install onnx)") from e
         tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
         try:
-            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+            quantize_dynamic(model, str(tmp), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=OP_TYPES)
             os.replace(tmp, out)  # atomic: a stop midway never leaves a half-written model in use
         except Exception as e:  # onnx raises its own types for a graph it cannot read or rewrite
