@@ -85,7 +85,7 @@ for v in variants:
         for w in range(0, len(texts), 16 * bs):  # length-sorted windows of 16 batches, as the build
             win = sorted(texts[w:w + 16 * bs], key=len)
             for i in range(0, len(win), bs):
-                m.encode(win[i:i + bs], batch_size=bs) if engine != "c" else m.encode(win[i:i + bs])
+                m.encode(win[i:i + bs], **({} if engine == "c" else {"batch_size": bs}))
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         print(json.dumps({"variant": v, "batch": bs, "tokens": tokens, "rate": len(texts) / dt,
                           "cpu_ms": 1000 * cpu / len(texts)}), flush=True)

