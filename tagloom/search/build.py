@@ -13,6 +13,9 @@ part searchable. ``limit`` extends the index to cover the N most popular tags (t
 embedded stay), and a later build without it goes on to all of them. Texts are sorted by length
 within windows of a few batches (little padding; fp16 on CUDA). Every batch is committed before the
 next, so a stop loses at most the batches in flight.
+
+Then the popular general tags' aspect vectors (aspects.py: the name and each alias on its own), only
+for embedders with a calibrated aspect margin, hashed and resumable the same way.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from typing import Callable
 import numpy as np
 
 from tagloom.errors import CancelledError
+from tagloom.search import aspects, settings
 from tagloom.search.embedders import Encoded, get_embedder
 from tagloom.search.dense import NumpyStore, dense_store, resolve_store
-from tagloom.search.semantic import collection_name, index_dir, open_index_db
+from tagloom.search.semantic import HEAD_SIZE, collection_name, index_dir, open_index_db
 from tagloom.search.text import entry_text, text_hash
 from tagloom.tags.db import TagDB, default_path
 
@@ -77,6 +81,10 @@ def build_index(
     store_kind = resolve_store()
     conn = open_index_db(folder)
     name = collection_name(db_path, emb.slug)
+    if not settings.get("chroma_host"):
+        # The embedded store lives in the index folder: a data folder moved or copied elsewhere keeps
+        # its collection (the name hashes the database's path, which tells users of one server apart).
+        name = _get_info(conn, "collection") or name
     cpath = folder / "colbert.f16"
     switched = bool(conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone()) and _get_info(conn, "store", "chroma") != store_kind
     if switched:
@@ -91,6 +99,7 @@ def build_index(
             coll.delete(ids=old[s:s + CHROMA_CHUNK])
     stored = dict(conn.execute("SELECT tag_id, hash FROM entries"))
     todo = [i for i in wanted if stored.get(i) != hashes[i]]
+    aspect_todo, aspect_hashes = _aspects_to_do(conn, emb, key, tags, wanted)
     # Only tags gone from the database leave the index: with a limit, the less popular tags an
     # earlier build embedded stay (a limit extends the index, it never shrinks it).
     gone = [i for i in stored if i not in texts]
@@ -116,6 +125,7 @@ def build_index(
     stamp = _Stamp(folder, total=len(texts), target=len(wanted), count=len(have))
     stamp.write(building=True)  # searchable from now on: what is stored is what queries find
     done = 0
+    work = len(todo) + len(aspect_todo)  # what the progress callback counts: tags, then tags' aspects
     t_embed = 0.0
     # Embedding (ONNX Runtime or a GPU) and storing (chromadb's HNSW insert, SQLite) overlap: a
     # writer thread stores the batches embedded so far while the next ones are embedded. On a GPU
@@ -137,7 +147,7 @@ def build_index(
     finished = False
     try:
         if progress:
-            progress(0, len(todo))
+            progress(0, work)
         for s in range(0, len(todo), bs):
             if should_stop and should_stop():
                 writer.finish()
@@ -149,8 +159,13 @@ def build_index(
             writer.put(ids, enc)
             done += len(ids)
             if progress:
-                progress(writer.stored, len(todo))
+                progress(writer.stored, work)
         writer.finish()
+        # The aspects last: every tag is searchable by its entry first (a few seconds more for the
+        # popular ones; all of them sooner).
+        for n in _embed_aspects(conn, emb, aspect_todo, aspect_hashes, bs, should_stop, stamp):
+            if progress:
+                progress(len(todo) + n, work)
         finished = True
     finally:
         writer.close()  # stores the batches already embedded, also when stopped
@@ -165,7 +180,7 @@ def build_index(
     if hasattr(coll, "compact"):
         coll.compact()  # numpy store: drop replaced and deleted rows, so queries load only live ones
     if progress:
-        progress(done, len(todo))
+        progress(done + len(aspect_todo), work)
     count = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
     now = time.time()
     _set_info(conn, count=count, built_at=now, updated_at=now)
@@ -175,10 +190,48 @@ def build_index(
     total = time.perf_counter() - t0
     return {
         "embedder": emb.spec, "device": emb.device, "store": store_kind, "folder": str(folder), "tags": len(wanted),
-        "total_tags": len(texts), "embedded": done, "removed": len(gone), "unchanged": len(wanted) - len(todo), "count": count,
+        "total_tags": len(texts), "embedded": done, "aspects": len(aspect_todo), "removed": len(gone), "unchanged": len(wanted) - len(todo), "count": count,
         "seconds": round(total, 2), "embed_seconds": round(t_embed, 2),
         "tags_per_second": round(done / total, 1) if done and total else None,
     }
+
+
+def _aspects_to_do(conn: sqlite3.Connection, emb, key: str, tags: list[dict], wanted: list[int]):
+    """The tags whose aspect vectors (aspects.py) are missing or out of date, among ``wanted``, and
+    every aspect tag's hash; rows of tags that no longer have aspects are deleted (a limit keeps the
+    others, as it keeps entries)."""
+    want = aspects.wanted(tags, HEAD_SIZE) if aspects.margin_for(emb.slug) is not None else {}
+    hashes = {i: aspects.aspect_hash(key, t) for i, t in want.items()}
+    stored = dict(conn.execute("SELECT tag_id, hash FROM aspects"))
+    with conn:
+        conn.executemany("DELETE FROM aspects WHERE tag_id=?", [(i,) for i in stored if i not in want])
+    todo = {i: want[i] for i in wanted if i in want and stored.get(i) != hashes[i]}
+    return todo, hashes
+
+
+def _embed_aspects(conn: sqlite3.Connection, emb, todo: dict[int, list[str]], hashes: dict, bs: int,
+                   should_stop, stamp: "_Stamp"):
+    """Embeds and stores the aspects of ``todo``'s tags, a chunk at a time, most popular first;
+    yields how many tags are done after each chunk."""
+    ids = list(todo)
+    chunk = bs * 8
+    for s in range(0, len(ids), chunk):
+        if should_stop and should_stop():
+            raise CancelledError(f"index build stopped while embedding the aspects of {len(ids)} popular tags; "
+                                 "run it again to resume")
+        part = ids[s:s + chunk]
+        texts = [t for i in part for t in todo[i]]
+        dense = np.asarray(emb.encode(texts, is_query=False, batch_size=bs).dense, dtype=np.float32)
+        rows, at = [], 0
+        for i in part:
+            n = len(todo[i])
+            rows.append((i, hashes[i], dense[at:at + n].tobytes()))
+            at += n
+        with conn:
+            conn.executemany("INSERT OR REPLACE INTO aspects(tag_id, hash, vectors) VALUES (?, ?, ?)", rows)
+        _set_info(conn, aspects_at=time.time())  # open indexes reload the head's aspects (refresh reads info)
+        stamp.write(building=True, at_most_every=STAMP_EVERY)
+        yield s + len(part)
 
 
 class _Stamp:

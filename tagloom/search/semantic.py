@@ -7,9 +7,11 @@ One folder per (tag database, embedder): ``<db folder>/index/<db name>/<embedder
   set (``HttpClient``); embeddings are always passed explicitly, since chromadb would otherwise try
   to download its own default model. Or, where chromadb cannot be installed (the A1111/Forge
   WebUI), ``dense.bin``: our exact numpy store.
-- ``index.sqlite``: ``entries`` (tag id, hash of the embedded text, where its ColBERT vectors lie) and,
-  for embedders with lexical weights (BGE-M3), ``postings`` — our own sparse inverted index
-  ``(token_id, tag_id, weight)`` indexed on ``token_id`` (local chromadb has no sparse vectors).
+- ``index.sqlite``: ``entries`` (tag id, hash of the embedded text, where its ColBERT vectors lie),
+  for embedders with lexical weights (BGE-M3) ``postings`` — our own sparse inverted index
+  ``(token_id, tag_id, weight)`` indexed on ``token_id`` (local chromadb has no sparse vectors) —
+  and ``aspects`` (aspects.py: the popular general tags' names and aliases embedded on their own,
+  float32 rows in one blob per tag, searched with the head).
 - ``colbert.f16``: ColBERT token vectors, float16, appended row after row and memory-mapped for
   reading; used only to re-rank the dense and sparse top candidates (MaxSim).
 - ``STAMP``: JSON ``{count, total, target, building, pid, updated_at, built_at}``, written when a
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tagloom.errors import TagLoomError
+from tagloom.search.aspects import best_of, margin_for
 from tagloom.search.ranking import POP_PRIOR, popularity, popularity_scale
 from tagloom.search.dense import chroma_collection, dense_store  # noqa: F401 (chroma_collection: re-exported)
 
@@ -50,6 +53,7 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS postings (token_id INTEGER NOT NULL, tag_id INTEGER NOT NULL, weight REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS postings_token ON postings(token_id);
 CREATE INDEX IF NOT EXISTS postings_tag ON postings(tag_id);
+CREATE TABLE IF NOT EXISTS aspects (tag_id INTEGER PRIMARY KEY, hash TEXT NOT NULL, vectors BLOB NOT NULL);
 """
 
 # The most popular tags, searched exactly (``SemanticIndex._load_head``): 20k covers every tag with
@@ -195,7 +199,10 @@ class SemanticIndex:
         # The popups ask again for the same text (re-focus, debounced retries): keep recent query
         # encodings, which are most of a semantic query's cost on CPU.
         self._qcache: OrderedDict[str, object] = OrderedDict()
-        self._head: tuple | None = None  # (tag ids, unit vectors, popularity) of the most popular tags
+        # (tag ids, unit vectors, popularity, aspects, aspects_at) of the most popular tags; aspects:
+        # None or (head row of each aspect vector, unit vectors, margin), aspects.py; aspects_at:
+        # the info key a build moves when it stores aspects
+        self._head: tuple | None = None
         self._head_at = 0.0
         self._head_want = 0  # how many tags the head asked the store for (fewer came: a build is filling it)
         self._head_stamp = None  # the index STAMP when the head was read
@@ -257,7 +264,34 @@ class SemanticIndex:
         matrix = np.concatenate(vecs)
         matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
         pop = popularity(np.array([posts[t] for t in ids], dtype=np.float64), popularity_scale(top))
-        self._head = (np.asarray(ids, dtype=np.int64), matrix, pop.astype(np.float32))
+        at = self.info.get("aspects_at")
+        self._head = (np.asarray(ids, dtype=np.int64), matrix, pop.astype(np.float32), self._load_aspects(ids), at)
+
+    def _load_aspects(self, head_ids: list[int]) -> tuple | None:
+        """The aspect vectors of the head's tags (aspects.py), when the embedder has a margin."""
+        margin = margin_for(self.embedder.slug)
+        if margin is None:
+            return None
+        row = {t: r for r, t in enumerate(head_ids)}
+        owner, vecs = [], []
+        try:
+            with self._lock:
+                found = self.conn.execute("SELECT tag_id, vectors FROM aspects").fetchall()
+        except sqlite3.Error:  # an index from before aspects, opened read-only
+            return None
+        for tag_id, blob in found:
+            r = row.get(int(tag_id))
+            v = np.frombuffer(blob, dtype=np.float32)
+            if r is None or not len(v) or len(v) % self.embedder.dim:
+                continue
+            v = v.reshape(-1, self.embedder.dim)
+            owner += [r] * len(v)
+            vecs.append(v)
+        if not vecs:
+            return None
+        matrix = np.concatenate(vecs)
+        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        return np.asarray(owner, dtype=np.int64), matrix, margin
 
     def _head_due(self) -> bool:
         """Read the head again? Only when the store lacked some of its tags and has stored more since:
@@ -270,14 +304,22 @@ class SemanticIndex:
         return not building or time.monotonic() - self._head_at > 30
 
     def _head_search(self, q: np.ndarray, k: int) -> tuple[list[int], list[float]]:
-        """The head's best ``k`` by cosine plus the popularity prior: (ids, cosines)."""
+        """The head's best ``k`` by cosine plus the popularity prior: (ids, cosines). A tag's cosine
+        is its entry's or, when higher, its best aspect's less the margin (aspects.py)."""
         if self._head_due():
             self._load_head()
         head = self._head
         if head is None:
             return [], []
-        ids, matrix, pop = head
-        sims = matrix @ (q / max(float(np.linalg.norm(q)), 1e-12))
+        if head[4] != self.info.get("aspects_at"):  # a build stored aspects since (refresh read its info)
+            at = self.info.get("aspects_at")
+            head = self._head = (*head[:3], self._load_aspects([int(t) for t in head[0]]), at)
+        ids, matrix, pop, aspects, _ = head
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        sims = matrix @ q
+        if aspects is not None:
+            owner, vecs, margin = aspects
+            sims = best_of(sims, vecs @ q, owner, margin)
         score = sims + POP_PRIOR * pop
         n = min(k, len(ids))
         top = np.argpartition(-score, n - 1)[:n] if n < len(ids) else np.arange(n)
