@@ -50,6 +50,16 @@ def test_query_set_answers_exist_in_the_tag_list(queries, shared_data):
     assert not unknown, f"accepted answers not in danbooru.csv (line, query, tag): {unknown}"
 
 
+def test_the_later_queries_are_descriptions_of_listed_tags(aq, shared_data):
+    later = aq.load_queries(aq.QUERIES.with_name("autocomplete_queries_later.tsv"))
+    assert len(later) >= 29 and {q.kind for q in later} == {"description"}
+    main = {q.text for q in aq.load_queries()}
+    assert not [q.text for q in later if q.text in main]  # not in the set the engine was tuned on
+    with open(shared_data / "danbooru.csv", encoding="utf-8", newline="") as f:
+        names = {row[0] for row in csv.reader(f) if row}
+    assert not [(q.text, a) for q in later for a in q.answers if a not in names]
+
+
 def test_load_queries_rejects_bad_lines(aq, tmp_path):
     p = tmp_path / "q.tsv"
     p.write_text("# comment\nprefix\tlong_h\n", encoding="utf-8")
