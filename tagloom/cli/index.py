@@ -71,12 +71,14 @@ def _status(args) -> int:
     info = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM info")}
     # Counted, not read from the STAMP (rewritten at most once a second): exact also after a kill.
     embedded = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    aspects = conn.execute("SELECT COUNT(*) FROM aspects").fetchone()[0]
     conn.close()
     from tagloom.tags.db import TagDB
 
     with TagDB(args.db) as db:  # the database now: tags imported since the build count too
         total = db.count() or prog["total"]
-    info.update(folder=str(folder), embedded=embedded, total=total, building=prog["building"], updated_at=prog["updated_at"])
+    info.update(folder=str(folder), embedded=embedded, aspect_tags=aspects, total=total, building=prog["building"],
+                updated_at=prog["updated_at"])
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -86,6 +88,8 @@ def _status(args) -> int:
                                                       "not building: `tagloom index build` embeds the rest")
     print(f"{info.get('spec', '?')} index: embedded {embedded:,} of {total:,} tags{pct}, {state}; last updated {when}")
     print(f"  store {info.get('store', 'chroma')}, model {info.get('model') or '?'}, folder {folder}")
+    if aspects:
+        print(f"  aspect vectors (name and aliases on their own) for {aspects:,} popular general tags")
     return 0
 
 
