@@ -51,8 +51,9 @@ def _build(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        aspects = f", aspect vectors of {result['aspects']:,} popular tags" if result.get("aspects") else ""
         print(f"{result['embedder']} on {result['device']}: {result['embedded']:,} embedded, {result['unchanged']:,} unchanged, "
-              f"{result['removed']:,} removed; {result['count']:,} of {result['total_tags']:,} tags in the index ({result['folder']}); "
+              f"{result['removed']:,} removed{aspects}; {result['count']:,} of {result['total_tags']:,} tags in the index ({result['folder']}); "
               f"{result['seconds']} s")
     return 0
 

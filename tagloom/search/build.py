@@ -125,7 +125,6 @@ def build_index(
     stamp = _Stamp(folder, total=len(texts), target=len(wanted), count=len(have))
     stamp.write(building=True)  # searchable from now on: what is stored is what queries find
     done = 0
-    work = len(todo) + len(aspect_todo)  # what the progress callback counts: tags, then tags' aspects
     t_embed = 0.0
     # Embedding (ONNX Runtime or a GPU) and storing (chromadb's HNSW insert, SQLite) overlap: a
     # writer thread stores the batches embedded so far while the next ones are embedded. On a GPU
@@ -147,7 +146,7 @@ def build_index(
     finished = False
     try:
         if progress:
-            progress(0, work)
+            progress(0, len(todo))
         for s in range(0, len(todo), bs):
             if should_stop and should_stop():
                 writer.finish()
@@ -159,13 +158,14 @@ def build_index(
             writer.put(ids, enc)
             done += len(ids)
             if progress:
-                progress(writer.stored, work)
+                progress(writer.stored, len(todo))
         writer.finish()
         # The aspects last: every tag is searchable by its entry first (a few seconds more for the
-        # popular ones; all of them sooner).
-        for n in _embed_aspects(conn, emb, aspect_todo, aspect_hashes, bs, should_stop, stamp):
+        # popular ones; all of them sooner). The progress callback counts tags (entries): it is
+        # called again after each chunk of aspects (about 30 s for the full list), so that it may stop the build.
+        for _ in _embed_aspects(conn, emb, aspect_todo, aspect_hashes, bs, should_stop, stamp):
             if progress:
-                progress(len(todo) + n, work)
+                progress(len(todo), len(todo))
         finished = True
     finally:
         writer.close()  # stores the batches already embedded, also when stopped
@@ -180,7 +180,7 @@ def build_index(
     if hasattr(coll, "compact"):
         coll.compact()  # numpy store: drop replaced and deleted rows, so queries load only live ones
     if progress:
-        progress(done + len(aspect_todo), work)
+        progress(done, len(todo))
     count = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
     now = time.time()
     _set_info(conn, count=count, built_at=now, updated_at=now)
