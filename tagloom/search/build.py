@@ -212,7 +212,7 @@ def _aspects_to_do(conn: sqlite3.Connection, emb, key: str, tags: list[dict], wa
 def _embed_aspects(conn: sqlite3.Connection, emb, todo: dict[int, list[str]], hashes: dict, bs: int,
                    should_stop, stamp: "_Stamp"):
     """Embeds and stores the aspects of ``todo``'s tags, a chunk at a time, most popular first;
-    yields how many tags are done after each chunk."""
+    yields after each stored chunk (the caller reports progress there)."""
     ids = list(todo)
     chunk = bs * 8
     for s in range(0, len(ids), chunk):
@@ -231,7 +231,7 @@ def _embed_aspects(conn: sqlite3.Connection, emb, todo: dict[int, list[str]], ha
             conn.executemany("INSERT OR REPLACE INTO aspects(tag_id, hash, vectors) VALUES (?, ?, ?)", rows)
         _set_info(conn, aspects_at=time.time())  # open indexes reload the head's aspects (refresh reads info)
         stamp.write(building=True, at_most_every=STAMP_EVERY)
-        yield s + len(part)
+        yield
 
 
 class _Stamp:

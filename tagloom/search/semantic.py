@@ -32,12 +32,14 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from tagloom.errors import TagLoomError
 from tagloom.search.aspects import best_of, margin_for
 from tagloom.search.ranking import POP_PRIOR, popularity, popularity_scale
+from tagloom.search.embedders import unit_rows
 from tagloom.search.dense import chroma_collection, dense_store  # noqa: F401 (chroma_collection: re-exported)
 
 log = logging.getLogger("tagloom")
@@ -170,6 +172,16 @@ def maxsim(q: np.ndarray, d: np.ndarray) -> float:
     return float((q.astype(np.float32) @ d.astype(np.float32).T).max(axis=1).mean())
 
 
+class _Head(NamedTuple):
+    """The most popular tags, searched exactly (``SemanticIndex._load_head``)."""
+
+    ids: np.ndarray  # tag ids
+    matrix: np.ndarray  # their entry vectors, unit length
+    pop: np.ndarray  # popularity prior input, 0..1
+    aspects: tuple | None  # (head row of each aspect vector, unit vectors, margin): aspects.py
+    aspects_at: object  # info["aspects_at"] when the aspects were read (a build moves it)
+
+
 class SemanticIndex:
     """A built index, opened for querying (one per engine; thread-safe)."""
 
@@ -199,10 +211,7 @@ class SemanticIndex:
         # The popups ask again for the same text (re-focus, debounced retries): keep recent query
         # encodings, which are most of a semantic query's cost on CPU.
         self._qcache: OrderedDict[str, object] = OrderedDict()
-        # (tag ids, unit vectors, popularity, aspects, aspects_at) of the most popular tags; aspects:
-        # None or (head row of each aspect vector, unit vectors, margin), aspects.py; aspects_at:
-        # the info key a build moves when it stores aspects
-        self._head: tuple | None = None
+        self._head: _Head | None = None
         self._head_at = 0.0
         self._head_want = 0  # how many tags the head asked the store for (fewer came: a build is filling it)
         self._head_stamp = None  # the index STAMP when the head was read
@@ -261,11 +270,10 @@ class SemanticIndex:
         if not ids:
             self._head = None
             return
-        matrix = np.concatenate(vecs)
-        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        matrix = unit_rows(np.concatenate(vecs))
         pop = popularity(np.array([posts[t] for t in ids], dtype=np.float64), popularity_scale(top))
-        at = self.info.get("aspects_at")
-        self._head = (np.asarray(ids, dtype=np.int64), matrix, pop.astype(np.float32), self._load_aspects(ids), at)
+        self._head = _Head(np.asarray(ids, dtype=np.int64), matrix, pop.astype(np.float32), self._load_aspects(ids),
+                           self.info.get("aspects_at"))
 
     def _load_aspects(self, head_ids: list[int]) -> tuple | None:
         """The aspect vectors of the head's tags (aspects.py), when the embedder has a margin."""
@@ -289,15 +297,13 @@ class SemanticIndex:
             vecs.append(v)
         if not vecs:
             return None
-        matrix = np.concatenate(vecs)
-        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        return np.asarray(owner, dtype=np.int64), matrix, margin
+        return np.asarray(owner, dtype=np.int64), unit_rows(np.concatenate(vecs)), margin
 
     def _head_due(self) -> bool:
         """Read the head again? Only when the store lacked some of its tags and has stored more since:
         at once after a build ended, every 30 s while one runs (it embeds the most popular first).
         A partial index (``--limit``) that no build is growing is never read again."""
-        have = len(self._head[0]) if self._head is not None else 0
+        have = len(self._head.ids) if self._head is not None else 0
         if have >= self._head_want or index_stamp(self.db_path, self.spec) == self._head_stamp:
             return False
         building = (index_progress(self.db_path, self.spec) or {}).get("building")
@@ -311,20 +317,19 @@ class SemanticIndex:
         head = self._head
         if head is None:
             return [], []
-        if head[4] != self.info.get("aspects_at"):  # a build stored aspects since (refresh read its info)
-            at = self.info.get("aspects_at")
-            head = self._head = (*head[:3], self._load_aspects([int(t) for t in head[0]]), at)
-        ids, matrix, pop, aspects, _ = head
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
-        sims = matrix @ q
-        if aspects is not None:
-            owner, vecs, margin = aspects
+        at = self.info.get("aspects_at")
+        if head.aspects_at != at:  # a build stored aspects since (refresh read its info)
+            head = self._head = head._replace(aspects=self._load_aspects([int(t) for t in head.ids]), aspects_at=at)
+        q = unit_rows(q)[0]
+        sims = head.matrix @ q
+        if head.aspects is not None:
+            owner, vecs, margin = head.aspects
             sims = best_of(sims, vecs @ q, owner, margin)
-        score = sims + POP_PRIOR * pop
-        n = min(k, len(ids))
-        top = np.argpartition(-score, n - 1)[:n] if n < len(ids) else np.arange(n)
+        score = sims + POP_PRIOR * head.pop
+        n = min(k, len(head.ids))
+        top = np.argpartition(-score, n - 1)[:n] if n < len(head.ids) else np.arange(n)
         top = top[np.argsort(-score[top], kind="stable")]
-        return [int(t) for t in ids[top]], [float(x) for x in sims[top]]
+        return [int(t) for t in head.ids[top]], [float(x) for x in sims[top]]
 
     def refresh(self) -> bool:
         """The STAMP moved (a build stored more, or finished): take in what changed without
