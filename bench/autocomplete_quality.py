@@ -7,7 +7,8 @@ through three paths, each as the popup would show it (top ``--k`` rows):
 - ``classic``: ``suggest(q, semantic=False)`` — name/alias/translation/typo completion only;
 - ``semantic``: the semantic index alone (``Engine.semantic_index(...).search``), ranked as the
   engine ranks meaning rows (``tagloom.search.ranking.semantic_scores``: cosine + popularity and
-  category priors, BGE-M3's sparse and ColBERT bonuses), no literal matches, no threshold;
+  category priors, BGE-M3's sparse and ColBERT bonuses; one family of names spread, ``ranking.spread``),
+  no literal matches, no threshold;
 - ``fused``: ``suggest(q, semantic=None)`` — what the autocomplete route answers the popups
   (``semantic=auto``): the engine's hybrid list when an index is built. The model is loaded before
   the first query, so no answer falls back to classic for want of it.
@@ -259,7 +260,8 @@ def fused_run(db_path: Path, embedder: str | None, k: int = 10) -> Callable[[str
 
 def semantic_run(db_path: Path, index, k: int = 10) -> Callable[[str], list[str]]:
     """The semantic index alone, ranked as the engine ranks meaning rows (``ranking.semantic_scores``:
-    cosine + popularity and category priors + BGE-M3's other channels), no threshold, no literal rows."""
+    cosine + popularity and category priors + BGE-M3's other channels, families spread), no threshold,
+    no literal rows."""
     from tagloom.search import ranking
     from tagloom.search.engine import get_engine
 
@@ -268,7 +270,8 @@ def semantic_run(db_path: Path, index, k: int = 10) -> Callable[[str], list[str]
     def run(q: str) -> list[str]:
         found = index.search(q, k=max(ranking.DENSE_CANDIDATES, k * 5))
         scores = ranking.semantic_scores(found, st.row_of, st.pop, st.category.__getitem__)
-        return [st.names[r] for r in sorted(scores, key=lambda r: -scores[r])[:k]]
+        rows = ranking.spread(sorted(scores, key=lambda r: -scores[r]), lambda r: ranking.family_of(st.names[r]))
+        return [st.names[r] for r in rows[:k]]
 
     return run
 

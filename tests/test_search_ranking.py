@@ -64,6 +64,25 @@ def test_without_a_calibrated_threshold_meaning_rows_keep_to_the_discovery_slots
     assert fuse([], semantic, threshold=None) == [10, 11, 12, 7, 6]  # nothing literal: they are all there is
 
 
+def test_one_family_of_meaning_rows_does_not_fill_the_list():
+    # "socks that go above the knees": white_socks, black_socks, blue_socks ... then thighhighs
+    names = {10: "white_socks", 11: "black_socks", 12: "blue_socks", 7: "kneehighs", 6: "thighhighs"}
+    semantic = {10: 0.99, 11: 0.98, 12: 0.97, 7: 0.96, 6: 0.95}
+    family = lambda row: ranking.family_of(names[row])  # noqa: E731
+    assert ranking.FAMILY_CAP == 2
+    assert fuse([], semantic, limit=4, family=family) == [10, 11, 7, 6]  # the third colour waits
+    assert fuse([], semantic, limit=10, family=family) == [10, 11, 7, 6, 12]  # and is not dropped
+    assert fuse([], semantic, limit=4) == [10, 11, 12, 7]  # without families: score order
+
+
+def test_a_family_is_the_last_word_of_the_name():
+    assert ranking.family_of("white_socks") == "socks"
+    assert ranking.family_of("two-tone_eyes") == "eyes"
+    assert ranking.family_of("kimono") == "kimono"
+    assert ranking.family_of("fox_girl_(artist)") == "girl"
+    assert ranking.spread([1, 2, 3, 4], lambda r: "a" if r < 4 else "b", cap=1) == [1, 4, 2, 3]
+
+
 def test_scores_fall_with_the_position():
     out = ranking.fuse([(0, "prefix"), (2, "prefix")], {10: 0.95}, POSTS.__getitem__, 10, 0.9)
     assert [s for _, s in out] == sorted((s for _, s in out), reverse=True)

