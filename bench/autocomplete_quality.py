@@ -270,7 +270,7 @@ def semantic_run(db_path: Path, index, k: int = 10) -> Callable[[str], list[str]
     def run(q: str) -> list[str]:
         found = index.search(q, k=max(ranking.DENSE_CANDIDATES, k * 5))
         scores = ranking.semantic_scores(found, st.row_of, st.pop, st.category.__getitem__)
-        rows = ranking.spread(sorted(scores, key=lambda r: -scores[r]), lambda r: ranking.family_of(st.names[r]))
+        rows = ranking.spread(sorted(scores, key=lambda r: -scores[r]), lambda r: ranking.family_of(st.names[r]), scores)
         return [st.names[r] for r in rows[:k]]
 
     return run

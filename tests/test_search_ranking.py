@@ -66,13 +66,23 @@ def test_without_a_calibrated_threshold_meaning_rows_keep_to_the_discovery_slots
 
 def test_one_family_of_meaning_rows_does_not_fill_the_list():
     # "socks that go above the knees": white_socks, black_socks, blue_socks ... then thighhighs
-    names = {10: "white_socks", 11: "black_socks", 12: "blue_socks", 7: "kneehighs", 6: "thighhighs"}
-    semantic = {10: 0.99, 11: 0.98, 12: 0.97, 7: 0.96, 6: 0.95}
+    names = {10: "white_socks", 11: "black_socks", 12: "blue_socks", 7: "kneehighs", 6: "thighhighs", 5: "pants"}
+    semantic = {10: 0.99, 11: 0.98, 12: 0.97, 7: 0.96, 6: 0.955, 5: 0.93}
     family = lambda row: ranking.family_of(names[row])  # noqa: E731
-    assert ranking.FAMILY_CAP == 2
-    assert fuse([], semantic, limit=4, family=family) == [10, 11, 7, 6]  # the third colour waits
-    assert fuse([], semantic, limit=10, family=family) == [10, 11, 7, 6, 12]  # and is not dropped
+    assert (ranking.FAMILY_CAP, ranking.FAMILY_STEP) == (2, 0.02)
+    # the third colour ranks as 0.95: after thighhighs, still before a much weaker idea (pants)
+    assert fuse([], semantic, limit=4, family=family) == [10, 11, 7, 6]
+    assert fuse([], semantic, limit=10, family=family) == [10, 11, 7, 6, 12, 5]  # nothing dropped
     assert fuse([], semantic, limit=4) == [10, 11, 12, 7]  # without families: score order
+
+
+def test_each_further_row_of_a_family_ranks_lower():
+    score = {1: 0.99, 2: 0.98, 3: 0.97, 4: 0.96, 5: 0.94}
+    family = lambda r: "a" if r < 5 else "b"  # noqa: E731
+    # cap 1, step 0.02: row 2 ranks as 0.96, row 3 as 0.93, row 4 as 0.90
+    assert ranking.spread([1, 2, 3, 4, 5], family, score, cap=1, step=0.02) == [1, 2, 5, 3, 4]
+    assert ranking.spread([1, 2, 3, 4, 5], family, score, cap=1, step=1.0) == [1, 5, 2, 3, 4]
+    assert ranking.spread([1, 2, 3, 4, 5], family, score, cap=4) == [1, 2, 3, 4, 5]
 
 
 def test_a_family_is_the_last_word_of_the_name():
@@ -80,7 +90,6 @@ def test_a_family_is_the_last_word_of_the_name():
     assert ranking.family_of("two-tone_eyes") == "eyes"
     assert ranking.family_of("kimono") == "kimono"
     assert ranking.family_of("fox_girl_(artist)") == "girl"
-    assert ranking.spread([1, 2, 3, 4], lambda r: "a" if r < 4 else "b", cap=1) == [1, 4, 2, 3]
 
 
 def test_scores_fall_with_the_position():

