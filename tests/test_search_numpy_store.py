@@ -201,7 +201,9 @@ def test_completion_and_route_never_import_chromadb(tmp_path, numpy_store):
         "c = autocomplete('两个马尾', 5, None, db_path=p)\n"
         "print(json.dumps([a, [s.get('reason') for s in b['suggestions'] + c['suggestions']], 'chromadb' in sys.modules]))\n"
     )
-    env = {**os.environ, "TAGLOOM_SEARCH_STORE": "numpy", "PYTHONPATH": str(REPO)}
+    # A cold interpreter on a busy machine can take longer than the typing wait (3 s) to load the
+    # model, and then answers classic rows only: wait for it, this test is about imports.
+    env = {**os.environ, "TAGLOOM_SEARCH_STORE": "numpy", "PYTHONPATH": str(REPO), "TAGLOOM_SEARCH_MODEL_WAIT": "60"}
 
     def run():
         out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
